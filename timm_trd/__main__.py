@@ -1,0 +1,4 @@
+"""``python -m timm_trd <train.py arguments>``: the same as ``timm-trd-train``."""
+from .launcher import main
+
+main()

@@ -1,0 +1,155 @@
+"""The ``--trd-*`` options: their definitions in train.py's parser, and their validation.
+
+Values reach us two ways: from the command line (strings) and from a ``-c recipe.yaml`` through
+``parser.set_defaults`` (already ints, floats or lists, never seen by argparse's type checks). So
+argparse keeps every value as given, and :func:`config_from_args` reads and checks both kinds in one
+place. A bad value raises :class:`TRDConfigError`, whose text is one line that names the fix; the
+launcher prints it and exits non-zero before any training starts.
+"""
+
+import argparse
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .schedule import GRANULARITIES
+
+MODES = ('auto', 'loader', 'device')
+
+
+class TRDConfigError(ValueError):
+    """A TRD setting that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TRDConfig:
+    """The user's TRD settings, checked. ``size`` is ``(height, width)``, or None for half the training size."""
+    prob: float = 0.0
+    size: Optional[Tuple[int, int]] = None
+    full_res_epochs: int = 0
+    granularity: str = 'batch'
+    mode: str = 'auto'
+    seed: Optional[int] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--trd-*`` options (and the launcher's ``--train-script``) to train.py's parser."""
+    group = parser.add_argument_group(
+        'Temporally Resolution Decrement (timm-trd)',
+        'Train a share of the batches at a reduced resolution (Xie et al., arXiv 2112.00954). '
+        'Off unless --trd-prob > 0. Validation always runs at full size.')
+    group.add_argument(
+        '--trd-prob', default=0.0, metavar='P',
+        help='share of training batches at the reduced size, in [0, 1]; exactly round(P x batches) per epoch '
+             '(default: 0, TRD off). The paper uses 0.9 (standard recipe) and 0.5 (strong recipe).')
+    group.add_argument(
+        '--trd-size', default=None, nargs='+', metavar='S',
+        help='reduced training size: one int for S x S, or H W (default: half the training size)')
+    group.add_argument(
+        '--trd-full-res-epochs', default=0, metavar='N',
+        help='train the last N epochs entirely at full size (default: 0)')
+    group.add_argument(
+        '--trd-granularity', default='batch', metavar='{batch,epoch}',
+        help='reduce single batches, or whole epochs: round(P x epochs) of them (default: batch)')
+    group.add_argument(
+        '--trd-mode', default='auto', metavar='{auto,loader,device}',
+        help='where small batches are made: loader = the data workers crop straight to the small size '
+             '(saves decode/augment work; needs timm >= 1.0.29 and a map-style dataset); device = an antialiased '
+             'downsample of the collated batch (any dataset, any timm 1.0.x); auto = loader when possible '
+             '(default: auto)')
+    group.add_argument(
+        '--trd-seed', default=None, metavar='SEED',
+        help="seed of the plan of reduced batches, the same on every rank (default: train.py's --seed)")
+    group.add_argument(
+        '--train-script', default=None, metavar='PATH',
+        help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py')
+
+
+def _number(value, option: str, kind=float):
+    if isinstance(value, bool):
+        raise TRDConfigError(f'{option} must be a number, got {value!r}')
+    if isinstance(value, numbers.Number):
+        number = value
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise TRDConfigError(f'{option} must be a number, got {value!r}') from None
+    if kind is int:
+        if number != int(number):
+            raise TRDConfigError(f'{option} must be a whole number, got {value!r}')
+        return int(number)
+    return float(number)
+
+
+def _choice(value, option: str, choices) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise TRDConfigError(f'{option} must be one of {", ".join(choices)}; got {value!r}')
+    return text
+
+
+def _size(value) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) == 1 and isinstance(items[0], str) and len(items[0].replace(',', ' ').split()) == 2:
+        items = items[0].replace(',', ' ').split()  # a YAML string such as "112 96"
+    if len(items) not in (1, 2):
+        raise TRDConfigError(f'--trd-size takes one size S or two sizes H W, got {value!r}')
+    dims = [_number(item, '--trd-size', int) for item in items]
+    if any(d <= 0 for d in dims):
+        raise TRDConfigError(f'--trd-size must be positive, got {value!r}')
+    return (dims[0], dims[-1])
+
+
+def config_from_args(args: argparse.Namespace) -> TRDConfig:
+    """Read and check the ``trd_*`` values of parsed train.py args (command line or YAML alike)."""
+    prob = _number(getattr(args, 'trd_prob', 0.0), '--trd-prob')
+    if not 0.0 <= prob <= 1.0:
+        raise TRDConfigError(f'--trd-prob must lie in [0, 1], got {prob:g}')
+    full_res_epochs = _number(getattr(args, 'trd_full_res_epochs', 0), '--trd-full-res-epochs', int)
+    if full_res_epochs < 0:
+        raise TRDConfigError(f'--trd-full-res-epochs must be >= 0, got {full_res_epochs}')
+    seed = getattr(args, 'trd_seed', None)
+    if seed is not None:
+        seed = _number(seed, '--trd-seed', int)
+        if seed < 0:
+            raise TRDConfigError(f'--trd-seed must be >= 0, got {seed}')
+    return TRDConfig(
+        prob=prob,
+        size=_size(getattr(args, 'trd_size', None)),
+        full_res_epochs=full_res_epochs,
+        granularity=_choice(getattr(args, 'trd_granularity', 'batch'), '--trd-granularity', GRANULARITIES),
+        mode=_choice(getattr(args, 'trd_mode', 'auto'), '--trd-mode', MODES),
+        seed=seed,
+    )
+
+
+def total_epochs(args: argparse.Namespace) -> int:
+    """The epochs train.py runs, as timm's ``create_scheduler_v2`` counts them."""
+    epochs = int(args.epochs) + int(getattr(args, 'cooldown_epochs', 0) or 0)
+    if getattr(args, 'warmup_prefix', False):
+        epochs += int(getattr(args, 'warmup_epochs', 0) or 0)
+    return epochs
+
+
+def check_train_args(cfg: TRDConfig, args: argparse.Namespace) -> None:
+    """Reject TRD settings that conflict with the rest of train.py's arguments."""
+    if not cfg.enabled:
+        return
+    if getattr(args, 'train_img_sizes', None):
+        raise TRDConfigError(
+            'TRD and --train-img-sizes both schedule training resolutions; use one of them '
+            '(drop --train-img-sizes, or set --trd-prob 0)')
+    if getattr(args, 'naflex_loader', False):
+        raise TRDConfigError('TRD does not work with the NaFlex loader; drop --naflex-loader or set --trd-prob 0')
+    epochs = total_epochs(args)
+    if cfg.full_res_epochs >= epochs:
+        raise TRDConfigError(
+            f'--trd-full-res-epochs {cfg.full_res_epochs} leaves no epoch for TRD in a run of {epochs} epochs; '
+            f'use a value below {epochs}')

@@ -1,0 +1,125 @@
+"""The training loader train.py iterates, with TRD attached.
+
+:class:`TRDLoader` wraps the loader that timm's ``create_loader`` built (a ``PrefetchLoader`` or a plain
+``DataLoader``) and stands in for it everywhere train.py looks: ``len()``, ``sampler``,
+``batch_sampler``, ``dataset``, ``mixup_enabled``. On the device path it shrinks the batches that the
+plan marks as reduced; on the loader path the workers already made them small. On both it measures
+what was really served: batches per size, images per second of step time per size, data wait.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+from .resize import downsample
+from .schedule import TRDSchedule
+
+
+@dataclass
+class SizeStats:
+    batches: int = 0
+    images: int = 0
+    step_s: float = 0.0  # time the training loop spent between receiving a batch and asking for the next
+    data_s: float = 0.0  # time spent waiting for the batch (and resizing it, on the device path)
+
+
+@dataclass
+class EpochStats:
+    """What one pass over the loader served, by spatial size ``(h, w)``."""
+    epoch: int
+    sizes: Dict[Tuple[int, int], SizeStats] = field(default_factory=dict)
+
+    def record(self, hw: Tuple[int, int], images: int) -> SizeStats:
+        stats = self.sizes.setdefault(hw, SizeStats())
+        stats.batches += 1
+        stats.images += images
+        return stats
+
+    def batches(self, hw: Optional[Tuple[int, int]] = None) -> int:
+        if hw is not None:
+            return self.sizes[hw].batches if hw in self.sizes else 0
+        return sum(s.batches for s in self.sizes.values())
+
+    def images_per_s(self, hw: Tuple[int, int]) -> float:
+        stats = self.sizes.get(hw)
+        if not stats or stats.step_s <= 0:
+            return float('nan')
+        return stats.images / stats.step_s
+
+
+def _input_hw(batch_input) -> Tuple[int, int]:
+    return tuple(batch_input.shape[-2:])
+
+
+class TRDLoader:
+    """Serve train.py's training batches following a :class:`TRDSchedule`.
+
+    Args:
+        loader: the loader timm's ``create_loader`` returned.
+        schedule: the run's plan.
+        full_hw, reduced_hw: the two spatial sizes.
+        resize: True on the device path (shrink planned batches here), False on the loader path.
+    """
+
+    def __init__(self, loader, schedule: TRDSchedule, full_hw, reduced_hw, resize: bool):
+        self.loader = loader
+        self.schedule = schedule
+        self.full_hw = tuple(full_hw)
+        self.reduced_hw = tuple(reduced_hw)
+        self.resize = resize
+        self.epoch = 0
+        self.last_stats: Optional[EpochStats] = None
+
+    @property
+    def path(self) -> str:
+        return 'device' if self.resize else 'loader'
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose plan the next pass follows (and tell timm's scheduled sampler)."""
+        self.epoch = epoch
+        batch_sampler = getattr(self.loader, 'batch_sampler', None)
+        if not self.resize and hasattr(batch_sampler, 'set_epoch'):
+            batch_sampler.set_epoch(epoch)
+
+    def plan(self, epoch: Optional[int] = None):
+        return self.schedule.plan(self.epoch if epoch is None else epoch, len(self.loader))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        plan = self.plan()
+        stats = EpochStats(self.epoch)
+        self.last_stats = stats
+        inner = iter(self.loader)
+        index = 0
+        while True:
+            start = time.perf_counter()
+            try:
+                batch_input, target = next(inner)
+            except StopIteration:
+                return
+            if self.resize and index < len(plan) and plan[index]:
+                batch_input = downsample(batch_input, self.reduced_hw)
+            served = time.perf_counter()
+            size_stats = stats.record(_input_hw(batch_input), int(batch_input.shape[0]))
+            size_stats.data_s += served - start
+            yield batch_input, target
+            size_stats.step_s += time.perf_counter() - served
+            index += 1
+
+    # train.py reads these from its loader; the setter matters for --mixup-off-epoch.
+    @property
+    def mixup_enabled(self):
+        return getattr(self.loader, 'mixup_enabled', False)
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value):
+        self.loader.mixup_enabled = value
+
+    def __getattr__(self, name):
+        # only called for attributes TRDLoader itself lacks: sampler, batch_sampler, dataset, ...
+        if name == 'loader':
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
