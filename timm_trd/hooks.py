@@ -234,6 +234,9 @@ class TRDPlugin:
         planned = int(loader.plan(epoch).sum())
         if reduced != planned and _is_primary(self.args):
             _logger.warning(f'TRD: epoch {epoch} served {reduced} reduced batches, the plan had {planned}')
+        agree = ranks_agree(stats)
+        if agree is False:
+            _logger.warning(f'TRD: epoch {epoch}: the ranks served different size sequences; please report this')
         share = self.cost.epoch_share(reduced, batches)
         saved = self.cost.cumulative_saved(self.schedule, epoch, len(loader))
         if _is_primary(self.args):
@@ -242,13 +245,25 @@ class TRDPlugin:
             _logger.info(
                 f'TRD: epoch {epoch}: {reduced}/{batches} batches at {loader.reduced_hw[0]}x{loader.reduced_hw[1]} '
                 f'({loader.path} path), compute {share:.3f} of full size, {100 * saved:.1f}% saved so far; '
-                f'step rate {full_rate:.1f} img/s full, {small_rate:.1f} img/s reduced (per process)')
+                f'step rate {full_rate:.1f} img/s full, {small_rate:.1f} img/s reduced (per process)'
+                + (f'; all {torch.distributed.get_world_size()} ranks served the same sizes in the same order'
+                   if agree else ''))
         return {
             'trd_reduced_batches': reduced,
             'trd_batches': batches,
             'trd_compute': round(share, 6),
             'trd_saved_cum': round(saved, 6),
         }
+
+
+def ranks_agree(stats) -> Optional[bool]:
+    """Whether every DDP rank served the same sequence of sizes this epoch; None when not distributed."""
+    dist = torch.distributed
+    if stats is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    prints = [None] * dist.get_world_size()
+    dist.all_gather_object(prints, stats.fingerprint())
+    return len(set(prints)) == 1
 
 
 def install(train_module) -> TRDPlugin:

@@ -7,9 +7,10 @@ plan marks as reduced; on the loader path the workers already made them small. O
 what was really served: batches per size, images per second of step time per size, data wait.
 """
 
+import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .resize import downsample
 from .schedule import TRDSchedule
@@ -28,8 +29,10 @@ class EpochStats:
     """What one pass over the loader served, by spatial size ``(h, w)``."""
     epoch: int
     sizes: Dict[Tuple[int, int], SizeStats] = field(default_factory=dict)
+    order: List[Tuple[int, int]] = field(default_factory=list)  # the size of each batch, in order
 
     def record(self, hw: Tuple[int, int], images: int) -> SizeStats:
+        self.order.append(hw)
         stats = self.sizes.setdefault(hw, SizeStats())
         stats.batches += 1
         stats.images += images
@@ -39,6 +42,10 @@ class EpochStats:
         if hw is not None:
             return self.sizes[hw].batches if hw in self.sizes else 0
         return sum(s.batches for s in self.sizes.values())
+
+    def fingerprint(self) -> str:
+        """A short digest of the sizes served, in order: equal on ranks that served the same sequence."""
+        return hashlib.sha1(repr(self.order).encode()).hexdigest()[:16]
 
     def images_per_s(self, hw: Tuple[int, int]) -> float:
         stats = self.sizes.get(hw)

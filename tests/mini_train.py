@@ -1,0 +1,157 @@
+"""A minimal training script with the seams of timm's train.py, for tests that have no checkout of it.
+
+It keeps the names timm-trd hooks into (``parser``, ``_parse_args``, ``create_loader``,
+``train_one_epoch``, ``main``, ``NativeDDP``) and uses real timm code for everything it does: datasets,
+``create_loader`` (prefetcher, ``FastCollateMixup``, distributed samplers), ``Mixup``, a timm model.
+Each step's input shape is recorded; ``main`` returns the record, prints it as one ``MINI_RESULT {json}``
+line and, with ``--result-dir``, writes it to a file per rank.
+"""
+
+import argparse
+import json
+import os
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel as NativeDDP
+
+from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
+from timm.models import create_model
+
+config_parser = argparse.ArgumentParser(description='config', add_help=False)
+config_parser.add_argument('-c', '--config', default='', type=str)
+
+parser = argparse.ArgumentParser(description='mini train script')
+parser.add_argument('--data-dir', default=None)
+parser.add_argument('--model', default='resnet10t')
+parser.add_argument('--num-classes', type=int, default=4)
+parser.add_argument('--img-size', type=int, default=32)
+parser.add_argument('-b', '--batch-size', type=int, default=8)
+parser.add_argument('--epochs', type=int, default=2)
+parser.add_argument('--cooldown-epochs', type=int, default=0)
+parser.add_argument('--warmup-epochs', type=int, default=0)
+parser.add_argument('--warmup-prefix', action='store_true', default=False)
+parser.add_argument('--seed', type=int, default=42)
+parser.add_argument('--workers', type=int, default=0)
+parser.add_argument('--no-prefetcher', action='store_true', default=False)
+parser.add_argument('--mixup', type=float, default=0.0)
+parser.add_argument('--cutmix', type=float, default=0.0)
+parser.add_argument('--aug-splits', type=int, default=0)
+parser.add_argument('--use-multi-epochs-loader', action='store_true', default=False)
+parser.add_argument('--train-img-sizes', type=int, nargs='+', default=None)
+parser.add_argument('--naflex-loader', action='store_true', default=False)
+parser.add_argument('--iterable', action='store_true', default=False,
+                    help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
+parser.add_argument('--channels-last', action='store_true', default=False)
+parser.add_argument('--result-dir', default=None, help='also write the record to RESULT_DIR/rank<N>.json')
+
+STEPS = {}  # epoch -> list of input shapes seen by the training loop
+
+
+class StreamedDataset(torch.utils.data.IterableDataset):
+    """An iterable view of a map-style dataset, like a streamed (wds/tfds) dataset."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.transform = None
+
+    def __iter__(self):
+        for i in range(len(self.dataset)):
+            image, target = self.dataset[i]
+            yield (self.transform(image) if self.transform else image), target
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+def _parse_args():
+    args_config, remaining = config_parser.parse_known_args()
+    if args_config.config:
+        with open(args_config.config) as f:
+            parser.set_defaults(**yaml.safe_load(f))
+    args = parser.parse_args(remaining)
+    return args, yaml.safe_dump(args.__dict__)
+
+
+def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None):
+    shapes = STEPS.setdefault(epoch, [])
+    total, count = 0.0, 0
+    model.train()
+    for input, target in loader:
+        if not args.prefetcher:
+            input, target = input.to(device), target.to(device)
+            if mixup_fn is not None:
+                input, target = mixup_fn(input, target)
+        if args.channels_last:
+            input = input.contiguous(memory_format=torch.channels_last)
+        shapes.append(list(input.shape))
+        output = model(input)
+        loss = F.cross_entropy(output, target)  # soft (mixup) targets work too
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item(), count + 1
+    return OrderedDict([('loss', total / max(count, 1))])
+
+
+def main():
+    args, _ = _parse_args()
+    args.prefetcher = not args.no_prefetcher
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    args.distributed = world_size > 1
+    args.rank = int(os.environ.get('RANK', '0'))
+    device = torch.device('cpu')
+    if args.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group('gloo')
+    torch.manual_seed(args.seed + args.rank)
+
+    model = create_model(args.model, num_classes=args.num_classes)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dataset = create_dataset('', root=args.data_dir, split='train', is_training=True)
+    if args.iterable:
+        dataset = StreamedDataset(dataset)
+
+    collate_fn, mixup_fn = None, None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, num_classes=args.num_classes)
+        if args.prefetcher:
+            collate_fn = FastCollateMixup(**mixup_args)
+        else:
+            mixup_fn = Mixup(**mixup_args)
+
+    loader = create_loader(
+        dataset,
+        input_size=(3, args.img_size, args.img_size),
+        batch_size=args.batch_size,
+        is_training=True,
+        use_prefetcher=args.prefetcher,
+        device=device,
+        num_workers=args.workers,
+        distributed=args.distributed,
+        collate_fn=collate_fn,
+        num_aug_splits=args.aug_splits,
+        use_multi_epochs_loader=args.use_multi_epochs_loader,
+    )
+    if args.distributed:
+        model = NativeDDP(model, device_ids=[device])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    epochs = []
+    for epoch in range(args.epochs + args.cooldown_epochs):
+        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn)
+        epochs.append(dict(metrics))
+    result = {'rank': args.rank, 'epochs': epochs, 'shapes': {str(k): v for k, v in STEPS.items()}}
+    print('MINI_RESULT ' + json.dumps(result), flush=True)
+    if args.result_dir:
+        with open(os.path.join(args.result_dir, f'rank{args.rank}.json'), 'w') as f:
+            json.dump(result, f)
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+if __name__ == '__main__':
+    main()

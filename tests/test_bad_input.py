@@ -1,0 +1,101 @@
+"""Bad TRD input stops before training with one line naming the fix, and a non-zero exit."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import MINI_TRAIN
+from timm_trd import launcher
+
+# (extra arguments, a piece of the one-line message)
+CASES = [
+    (['--trd-prob', '1.5'], '--trd-prob must lie in [0, 1]'),
+    (['--trd-prob', '-0.2'], '--trd-prob must lie in [0, 1]'),
+    (['--trd-prob', 'half'], '--trd-prob must be a number'),
+    (['--trd-prob', '0.5', '--trd-size', '0'], '--trd-size must be positive'),
+    (['--trd-prob', '0.5', '--trd-size', 'big'], '--trd-size must be a number'),
+    (['--trd-prob', '0.5', '--trd-size', '40'], 'not smaller than the training size 40x40'),
+    (['--trd-prob', '0.5', '--trd-size', '24', '48'], 'not smaller than the training size 40x40'),
+    (['--trd-prob', '0.5', '--trd-size', '8', '8', '8'], 'one size S or two sizes H W'),
+    (['--trd-prob', '0.5', '--train-img-sizes', '40', '24'], 'TRD and --train-img-sizes'),
+    (['--trd-prob', '0.5', '--naflex-loader'], 'NaFlex loader'),
+    (['--trd-prob', '0.5', '--trd-mode', 'loader', '--aug-splits', '2'], '--trd-mode loader cannot run: AugMix splits'),
+    (['--trd-prob', '0.5', '--trd-mode', 'loader', '--use-multi-epochs-loader'], '--use-multi-epochs-loader'),
+    (['--trd-prob', '0.5', '--trd-full-res-epochs', '2'], 'leaves no epoch for TRD in a run of 2 epochs'),
+    (['--trd-prob', '0.5', '--trd-full-res-epochs', '-1'], '--trd-full-res-epochs must be >= 0'),
+    (['--trd-prob', '0.5', '--trd-mode', 'fast'], '--trd-mode must be one of auto, loader, device'),
+    (['--trd-prob', '0.5', '--trd-granularity', 'step'], '--trd-granularity must be one of batch, epoch'),
+    (['--trd-prob', '0.5', '--trd-seed', '-3'], '--trd-seed must be >= 0'),
+]
+MINI_ONLY = [
+    (['--trd-prob', '0.5', '--trd-mode', 'loader', '--iterable'], 'the training dataset is iterable'),
+]
+
+
+def run_launcher(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured
+
+
+def assert_one_line_error(code, stdout, stderr, expected):
+    assert code == 2
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith('timm-trd: error: ') and expected in lines[0]
+    assert 'MINI_RESULT' not in stdout and '\nTrain:' not in stdout + stderr  # no training happened
+
+
+@pytest.mark.parametrize('extra,expected', CASES + MINI_ONLY, ids=[' '.join(c[0]) for c in CASES + MINI_ONLY])
+def test_bad_input_stops_with_one_line(image_folder, capsys, extra, expected):
+    argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', '40', *extra]
+    code, captured = run_launcher(argv, capsys)
+    assert_one_line_error(code, captured.out, captured.err, expected)
+
+
+def test_loader_mode_on_a_timm_without_scheduled_sampler(image_folder, capsys, monkeypatch):
+    # as if the installed timm were older than 1.0.29
+    monkeypatch.setattr('timm_trd.sampler.ScheduledBatchSampler', None)
+    argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--trd-prob', '0.5', '--trd-mode', 'loader']
+    code, captured = run_launcher(argv, capsys)
+    assert_one_line_error(code, captured.out, captured.err, 'has no ScheduledBatchSampler (it came with timm 1.0.29)')
+
+
+def test_bad_value_in_a_yaml_recipe(image_folder, capsys, tmp_path):
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(yaml.safe_dump({'trd_prob': 2, 'trd_size': 24}))
+    code, captured = run_launcher(['--train-script', str(MINI_TRAIN), '-c', str(recipe), '--data-dir', str(image_folder)], capsys)
+    assert_one_line_error(code, captured.out, captured.err, '--trd-prob must lie in [0, 1], got 2')
+
+
+def test_missing_train_script_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('TIMM_TRAIN_SCRIPT', raising=False)
+    code, captured = run_launcher(['--trd-prob', '0.5'], capsys)
+    assert_one_line_error(code, captured.out, captured.err, 'no train.py found')
+    assert 'pytorch-image-models' in captured.err
+    code, captured = run_launcher(['--train-script', str(tmp_path / 'nope.py')], capsys)
+    assert_one_line_error(code, captured.out, captured.err, '--train-script points to')
+
+
+def test_error_exit_from_a_real_process(image_folder):
+    result = subprocess.run(
+        [sys.executable, '-m', 'timm_trd', '--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder),
+         '--trd-prob', '0.5', '--trd-size', '64'],
+        capture_output=True, text=True, timeout=300, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    assert_one_line_error(result.returncode, result.stdout, result.stderr, 'not smaller than the training size 32x32')
+
+
+@pytest.mark.parametrize('extra,expected', CASES, ids=[' '.join(c[0]) for c in CASES])
+def test_bad_input_with_timm_train_py(train_script, image_folder, tmp_path, extra, expected):
+    result = subprocess.run(
+        [sys.executable, '-m', 'timm_trd', '--train-script', str(train_script), '--data-dir', str(image_folder),
+         '--model', 'resnet10t', '--num-classes', '4', '--img-size', '40', '--epochs', '2', '--device', 'cpu',
+         '--workers', '0', '--output', str(tmp_path), *extra],
+        capture_output=True, text=True, timeout=300, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    errors = [line for line in result.stderr.splitlines() if line.startswith('timm-trd: error: ')]
+    assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert 'Train: ' not in result.stdout + result.stderr

@@ -1,0 +1,130 @@
+"""Both data paths through timm's real create_loader: each step's batch has the planned size."""
+import numpy as np
+import pytest
+import torch
+from timm.data import FastCollateMixup, ScheduledTransformDataset
+
+from timm_trd import TRDLoader, downsample, install
+
+FULL, SMALL = 40, 24
+
+
+def run(module, monkeypatch, *argv):
+    monkeypatch.setattr('sys.argv', ['mini_train.py', *argv])
+    plugin = install(module)
+    return plugin, module.main()
+
+
+def expected_shapes(plugin, epoch, batch_size):
+    plan = plugin.loader.plan(epoch)
+    return [[batch_size, 3, SMALL, SMALL] if r else [batch_size, 3, FULL, FULL] for r in plan]
+
+
+@pytest.mark.parametrize('path', ['loader', 'device'])
+@pytest.mark.parametrize('prefetcher', [True, False], ids=['prefetcher', 'no-prefetcher'])
+@pytest.mark.parametrize('mixup', [False, True], ids=['plain', 'mixup'])
+def test_every_step_has_the_planned_size(mini_train, image_folder, monkeypatch, path, prefetcher, mixup):
+    argv = ['--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '0.5', '--trd-size', str(SMALL),
+            '--trd-mode', path, '-b', '8', '--epochs', '2', '--workers', '1']
+    if not prefetcher:
+        argv.append('--no-prefetcher')
+    if mixup:
+        argv += ['--mixup', '0.8', '--cutmix', '1.0']
+    plugin, result = run(mini_train, monkeypatch, *argv)
+
+    assert isinstance(plugin.loader, TRDLoader) and plugin.loader.path == path
+    inner = plugin.loader.loader
+    assert isinstance(inner.dataset, ScheduledTransformDataset) == (path == 'loader')
+    if mixup and prefetcher:
+        assert isinstance(inner.loader.collate_fn, FastCollateMixup)
+    batches = (4 * 24) // 8
+    for epoch in range(2):
+        assert result['shapes'][str(epoch)] == expected_shapes(plugin, epoch, 8)
+        metrics = result['epochs'][epoch]
+        assert metrics['trd_reduced_batches'] == 6 and metrics['trd_batches'] == batches
+        assert metrics['trd_compute'] == pytest.approx(1 - 0.5 * (1 - plugin.cost.reduced_ratio), abs=1e-6)
+    # the two epochs reduce different batches
+    assert not np.array_equal(plugin.loader.plan(0), plugin.loader.plan(1))
+
+
+def test_channels_last_and_epoch_granularity(mini_train, image_folder, monkeypatch):
+    plugin, result = run(
+        mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '0.5',
+        '--trd-size', str(SMALL), '--trd-granularity', 'epoch', '--epochs', '4', '--channels-last', '--trd-mode', 'device')
+    sizes = {e: {tuple(s[2:]) for s in result['shapes'][str(e)]} for e in range(4)}
+    reduced = plugin.schedule.reduced_epochs()
+    assert len(reduced) == 2
+    assert all(sizes[e] == ({(SMALL, SMALL)} if e in reduced else {(FULL, FULL)}) for e in range(4))
+    assert [m['trd_reduced_batches'] for m in result['epochs']] == [12 if e in reduced else 0 for e in range(4)]
+
+
+def test_full_resolution_tail_runs_at_full_size(mini_train, image_folder, monkeypatch):
+    plugin, result = run(
+        mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '1',
+        '--trd-size', str(SMALL), '--epochs', '2', '--cooldown-epochs', '1', '--trd-full-res-epochs', '2')
+    assert [m['trd_reduced_batches'] for m in result['epochs']] == [12, 0, 0]
+    assert {tuple(s[2:]) for s in result['shapes']['2']} == {(FULL, FULL)}
+
+
+def test_cumulative_saving_follows_the_plan(mini_train, image_folder, monkeypatch):
+    plugin, result = run(
+        mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '1',
+        '--trd-size', str(SMALL), '--epochs', '2', '--trd-full-res-epochs', '1')
+    r = plugin.cost.reduced_ratio
+    assert plugin.cost.source == 'flops' and 0.2 < r < 0.5  # (24/40)^2 = 0.36 plus the fixed-size head
+    assert result['epochs'][0]['trd_saved_cum'] == pytest.approx(1 - r, abs=1e-6)
+    assert result['epochs'][1]['trd_saved_cum'] == pytest.approx((1 - r) / 2, abs=1e-6)
+
+
+def test_trd_off_leaves_the_loader_untouched(mini_train, image_folder, monkeypatch):
+    plugin, result = run(mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL), '--epochs', '1')
+    assert plugin.loader is None and not plugin.config.enabled
+    assert list(result['epochs'][0]) == ['loss']
+    assert {tuple(s[2:]) for s in result['shapes']['0']} == {(FULL, FULL)}
+
+
+def test_trd_off_gives_the_same_losses_as_no_plugin(image_folder, monkeypatch):
+    from timm_trd.launcher import load_train_module
+    from conftest import MINI_TRAIN
+    losses = []
+    for name, plugged in (('plain_run', False), ('plugged_run', True)):
+        module = load_train_module(MINI_TRAIN, name=name)
+        monkeypatch.setattr('sys.argv', ['mini_train.py', '--data-dir', str(image_folder), '--img-size', str(FULL),
+                                         '--epochs', '1', '--workers', '1'])
+        if plugged:
+            install(module)
+        torch.manual_seed(0)
+        losses.append(module.main()['epochs'][0]['loss'])
+    assert losses[0] == losses[1]
+
+
+def test_default_size_is_half_the_training_size(mini_train, image_folder, monkeypatch):
+    plugin, result = run(mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL),
+                         '--trd-prob', '0.5', '--epochs', '1')
+    assert plugin.loader.reduced_hw == (FULL // 2, FULL // 2)
+    assert {tuple(s[2:]) for s in result['shapes']['0']} == {(FULL, FULL), (FULL // 2, FULL // 2)}
+
+
+def test_auto_uses_the_device_path_for_a_streamed_dataset(mini_train, image_folder, monkeypatch):
+    plugin, result = run(mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL),
+                         '--trd-prob', '0.5', '--trd-size', str(SMALL), '--epochs', '1', '--iterable')
+    assert plugin.loader.path == 'device'
+    assert result['shapes']['0'] == expected_shapes(plugin, 0, 8)
+
+
+def test_downsample_is_antialiased_and_keeps_dtype_and_layout():
+    # a one-pixel checkerboard has no shape, only texture: the antialiased half-size image is flat grey
+    board = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2
+    batch = board.float().expand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    small = downsample(batch, (16, 16))
+    assert small.shape == (2, 3, 16, 16)
+    assert torch.allclose(small, torch.full_like(small, 0.5), atol=0.02)  # (the corners see the border)
+    aliased = torch.nn.functional.interpolate(batch, size=(16, 16), mode='nearest')
+    assert (aliased - 0.5).abs().max() > 0.4  # plain subsampling keeps the texture as noise
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    half = downsample(batch.to(torch.bfloat16), (16, 12))
+    assert half.dtype == torch.bfloat16 and half.shape == (2, 3, 16, 12)
+    # a large square keeps its shape: its mean brightness is kept
+    square = torch.zeros(1, 1, 32, 32)
+    square[..., 8:24, 8:24] = 1
+    assert downsample(square, (16, 16)).mean().item() == pytest.approx(square.mean().item(), abs=1e-6)
