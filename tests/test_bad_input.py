@@ -99,3 +99,12 @@ def test_bad_input_with_timm_train_py(train_script, image_folder, tmp_path, extr
     errors = [line for line in result.stderr.splitlines() if line.startswith('timm-trd: error: ')]
     assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert 'Train: ' not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('key,expected', [('trd_porb', "did you mean 'trd_prob'?"), ('zzz', 'remove it or fix its spelling')])
+def test_unknown_yaml_key_is_rejected(image_folder, capsys, tmp_path, key, expected):
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(yaml.safe_dump({key: 0.5, 'trd_size': 24}))
+    code, captured = run_launcher(['--train-script', str(MINI_TRAIN), '-c', str(recipe), '--data-dir', str(image_folder)], capsys)
+    assert_one_line_error(code, captured.out, captured.err, f"unknown key '{key}'")
+    assert expected in captured.err

@@ -4,7 +4,8 @@
 ``main()`` looks each one up when it runs, so it picks up the wrapped versions:
 
 - ``parser``: gains the ``--trd-*`` options (so ``--help`` and ``-c recipe.yaml`` know them);
-- ``_parse_args``: checks the TRD settings against the rest of the arguments, before anything is built;
+- ``_parse_args``: rejects unknown keys in the ``-c`` YAML (train.py would ignore a typo silently) and
+  checks the TRD settings against the rest of the arguments, before anything is built;
 - ``create_loader``: the training loader is built for TRD (the loader path asks timm for a second,
   smaller transform) and wrapped in a :class:`~timm_trd.loader.TRDLoader`; other loaders pass through;
 - ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
@@ -16,10 +17,12 @@ With ``--trd-prob 0`` (the default) the wrappers call straight through: same loa
 """
 
 import argparse
+import difflib
 import logging
 from typing import Optional
 
 import torch
+import yaml
 
 from .accounting import CostModel
 from .config import TRDConfig, TRDConfigError, add_arguments, check_train_args, config_from_args, total_epochs
@@ -108,9 +111,34 @@ class TRDPlugin:
 
     # -- seam: argument parsing ----------------------------------------------------------------
     def parse_args(self, *a, **kw):
+        self.check_config_keys()
         args, args_text = self.original['_parse_args'](*a, **kw)
         self.configure(args)
         return args, args_text
+
+    def check_config_keys(self, argv=None) -> None:
+        """Reject keys of the ``-c`` YAML that train.py's parser does not know.
+
+        train.py hands the YAML to ``parser.set_defaults``, which takes any key without a word, so a typo
+        such as ``trd_porb`` would silently train without TRD.
+        """
+        config_parser = getattr(self.module, 'config_parser', None)
+        if config_parser is None:
+            return
+        config_args, _ = config_parser.parse_known_args(argv)
+        path = getattr(config_args, 'config', None)
+        if not path:
+            return
+        with open(path) as f:
+            recipe = yaml.safe_load(f) or {}
+        if not isinstance(recipe, dict):
+            raise TRDConfigError(f'{path} must hold a mapping of train.py options, e.g. "trd_prob: 0.5"')
+        known = {action.dest for action in self.module.parser._actions}
+        for key in recipe:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else '; remove it or fix its spelling'
+                raise TRDConfigError(f"{path}: unknown key '{key}' (not an option of train.py or timm-trd){hint}")
 
     def configure(self, args: argparse.Namespace) -> TRDConfig:
         """Check the parsed train.py args and set up the run's schedule (raises TRDConfigError)."""
