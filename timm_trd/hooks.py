@@ -1,6 +1,6 @@
 """Attach TRD to the user's own train.py at its seams, without copying any of it.
 
-:func:`install` takes the imported train.py module and replaces five of its module-level names; train.py's
+:func:`install` takes the imported train.py module and replaces six of its module-level names; train.py's
 ``main()`` looks each one up when it runs, so it picks up the wrapped versions:
 
 - ``parser``: gains the ``--trd-*`` options (so ``--help`` and ``-c recipe.yaml`` know them);
@@ -12,6 +12,8 @@
   to the train metrics, which train.py hands to timm's ``update_summary`` (summary.csv, wandb);
 - the task classes: their ``prepare_distributed`` stops passing ``device_ids`` for CPU devices, which
   DDP rejects (train.py passes ``device_ids=[device]`` whatever the device).
+- ``wandb``: a ``wandb.init`` that raises (e.g. no API key) logs one warning and turns wandb off instead of
+  stopping the run (:mod:`timm_trd.wandb_guard`).
 
 With ``--trd-prob 0`` (the default) the wrappers call straight through: same loader, same metrics.
 """
@@ -29,6 +31,7 @@ from .config import TRDConfig, TRDConfigError, add_arguments, check_train_args, 
 from .loader import TRDLoader
 from .sampler import REDUCED, loader_path_unavailable, trd_batch_sampler
 from .schedule import TRDSchedule, compute_share
+from .wandb_guard import guard_wandb
 
 _logger = logging.getLogger('timm_trd')
 
@@ -96,6 +99,7 @@ class TRDPlugin:
         m.create_loader = self.create_loader
         m.train_one_epoch = self.train_one_epoch
         self._make_ddp_cpu_safe()
+        guard_wandb(m)
         return self
 
     def _make_ddp_cpu_safe(self):
