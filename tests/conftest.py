@@ -6,11 +6,16 @@ from pathlib import Path
 import pytest
 
 from timm_trd.launcher import load_train_module
+from timm_trd.sampler import loader_path_unavailable
 from timm_trd.toy_data import make_image_folder
 
 TESTS = Path(__file__).resolve().parent
 MINI_TRAIN = TESTS / 'mini_train.py'
 _module_ids = itertools.count()
+
+# the data paths to test: the loader path only where the installed timm has the scheduled sampler
+PATHS = [pytest.param('loader', marks=pytest.mark.skipif(
+    loader_path_unavailable() is not None, reason=f'loader path: {loader_path_unavailable()}')), 'device']
 
 
 @pytest.fixture(scope='session')

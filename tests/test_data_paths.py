@@ -2,9 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from timm.data import FastCollateMixup, ScheduledTransformDataset
+from timm.data import FastCollateMixup
 
+from conftest import PATHS
 from timm_trd import TRDLoader, downsample, install
+
+try:
+    from timm.data import ScheduledTransformDataset
+except ImportError:  # timm < 1.0.29: only the device path exists
+    ScheduledTransformDataset = ()
 
 FULL, SMALL = 40, 24
 
@@ -20,7 +26,7 @@ def expected_shapes(plugin, epoch, batch_size):
     return [[batch_size, 3, SMALL, SMALL] if r else [batch_size, 3, FULL, FULL] for r in plan]
 
 
-@pytest.mark.parametrize('path', ['loader', 'device'])
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('prefetcher', [True, False], ids=['prefetcher', 'no-prefetcher'])
 @pytest.mark.parametrize('mixup', [False, True], ids=['plain', 'mixup'])
 def test_every_step_has_the_planned_size(mini_train, image_folder, monkeypatch, path, prefetcher, mixup):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import MINI_TRAIN
+from conftest import MINI_TRAIN, PATHS
 from timm_trd import TRDSchedule
 
 
@@ -16,7 +16,7 @@ def torchrun(*args, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize('path', ['loader', 'device'])
+@pytest.mark.parametrize('path', PATHS)
 def test_both_ranks_see_the_same_size_at_every_step(image_folder, tmp_path, path):
     result = torchrun('-m', 'timm_trd', '--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder),
                       '--img-size', '40', '--trd-prob', '0.5', '--trd-size', '24', '--trd-mode', path,

@@ -73,7 +73,7 @@ def test_yaml_recipe_keys(train_script, folder64, tmp_path):
 
 
 def test_trd_off_matches_plain_train_py(train_script, folder64, tmp_path):
-    args = ['--data-dir', str(folder64), *COMMON, '--epochs', '1', '--workers', '0']
+    args = ['--data-dir', str(folder64), *COMMON, '--epochs', '1']
     run([sys.executable, str(train_script), *args, '--output', str(tmp_path), '--experiment', 'plain'])
     log = run(launcher(train_script, *args, '--output', str(tmp_path), '--experiment', 'plugin'))
     assert 'TRD:' not in log
