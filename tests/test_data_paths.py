@@ -134,3 +134,10 @@ def test_downsample_is_antialiased_and_keeps_dtype_and_layout():
     square = torch.zeros(1, 1, 32, 32)
     square[..., 8:24, 8:24] = 1
     assert downsample(square, (16, 16)).mean().item() == pytest.approx(square.mean().item(), abs=1e-6)
+
+
+def test_checked_values_go_back_into_args_as_numbers(mini_train, image_folder, monkeypatch):
+    plugin, _ = run(mini_train, monkeypatch, '--data-dir', str(image_folder), '--img-size', str(FULL),
+                    '--trd-prob', '0.5', '--trd-size', '24', '20', '--trd-mode', 'DEVICE', '--epochs', '1')
+    args = plugin.args
+    assert (args.trd_prob, args.trd_size, args.trd_mode, args.trd_full_res_epochs) == (0.5, [24, 20], 'device', 0)

@@ -35,6 +35,17 @@ class TRDConfig:
     def enabled(self) -> bool:
         return self.prob > 0.0
 
+    def write_to(self, args: argparse.Namespace) -> None:
+        """Store the checked values in train.py's args, as numbers (the command line gave strings), so that
+        args.yaml and the wandb config hold ``trd_prob: 0.5``, not ``'0.5'``."""
+        args.trd_prob = self.prob
+        if self.size is not None:
+            args.trd_size = self.size[0] if self.size[0] == self.size[1] else list(self.size)
+        args.trd_full_res_epochs = self.full_res_epochs
+        args.trd_granularity = self.granularity
+        args.trd_mode = self.mode
+        args.trd_seed = self.seed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``--trd-*`` options (and the launcher's ``--train-script``) to train.py's parser."""

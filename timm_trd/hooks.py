@@ -118,6 +118,8 @@ class TRDPlugin:
         self.check_config_keys()
         args, args_text = self.original['_parse_args'](*a, **kw)
         self.configure(args)
+        # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
+        args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
         return args, args_text
 
     def check_config_keys(self, argv=None) -> None:
@@ -154,6 +156,7 @@ class TRDPlugin:
             if why:
                 raise TRDConfigError(f'--trd-mode loader cannot run: {why}; use --trd-mode device (or auto)')
         self.args, self.config = args, config
+        config.write_to(args)
         if config.enabled:
             seed = config.seed if config.seed is not None else int(getattr(args, 'seed', 0) or 0)
             self.schedule = TRDSchedule(
