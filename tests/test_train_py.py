@@ -52,9 +52,12 @@ def test_trains_with_half_the_batches_reduced(train_script, folder64, tmp_path, 
 
 
 def test_torchrun_two_ranks_on_cpu(train_script, folder64, tmp_path):
+    # with what a strong recipe adds: repeated augmentation, model EMA, mixup/CutMix in the collate, channels_last
     log = run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                *launcher(train_script, '--data-dir', str(folder64), *COMMON, '--trd-prob', '0.5', '--trd-size', '32',
+                         '--aug-repeats', '2', '--model-ema', '--mixup', '0.2', '--cutmix', '1.0', '--channels-last',
                          '--output', str(tmp_path), '--experiment', 'e', python=False)])
+    assert '(EMA)' in log  # the EMA model was validated too
     for epoch in (0, 1):
         assert f'TRD: epoch {epoch}: 2/4 batches at 32x32' in log  # each rank: half of its 4 batches
     assert log.count('all 2 ranks served the same sizes in the same order') == 2
@@ -66,7 +69,7 @@ def test_yaml_recipe_keys(train_script, folder64, tmp_path):
     recipe = tmp_path / 'recipe.yaml'
     recipe.write_text(yaml.safe_dump({'trd_prob': 0.5, 'trd_size': 32, 'trd_mode': 'device', 'epochs': 1}))
     log = run(launcher(train_script, '-c', str(recipe), '--data-dir', str(folder64), *COMMON[:-10], '-b', '8',
-                       '--workers', '1', '--epochs', '1', '--output', str(tmp_path), '--experiment', 'e'))
+                       '--workers', '1', '--epochs', '1', '--amp', '--output', str(tmp_path), '--experiment', 'e'))
     assert 'TRD: epoch 0: 4/8 batches at 32x32 (device path)' in log
     saved = yaml.safe_load((tmp_path / 'e' / 'args.yaml').read_text())
     assert saved['trd_prob'] == 0.5 and saved['trd_size'] == 32
