@@ -4,8 +4,8 @@
     python scripts/bench_trd.py                       # defaults: a few minutes on 2 CPU cores
     python scripts/bench_trd.py --data /path/to/imagenette --model resnet50 --img-size 224 --device cuda
 
-Trains one timm model on one dataset in several configurations, interleaved round by round
-(A B C A B C ...) so that drift of a shared or throttling machine hits them all alike:
+Trains one timm model on one dataset in several configurations, interleaved (A B C A B C ...) so that
+drift of a shared or throttling machine hits them all alike:
 
   baseline  timm's ``create_loader`` at the full size: train.py without TRD
   p0        the plugin's ``create_loader`` / ``train_one_epoch`` with ``--trd-prob 0`` (must be the baseline)
@@ -19,14 +19,27 @@ The TRD configurations go through :class:`timm_trd.hooks.TRDPlugin` exactly as t
 ``create_loader`` builds the loader, its ``train_one_epoch`` sets the epoch, counts FLOPs once and adds the
 epoch's figures. One round is one epoch of every configuration; an epoch is ``--steps`` batches (the
 dataset is cut to steps x batch images), so a TRD epoch holds exactly round(P x steps) reduced batches.
-Round 0 is a warm-up, not timed; on the CPU it also probes memory.
+With ``--workers 0`` the configurations take turns after every step (their epochs run in threads that
+hand on a turn, one step at a time); with workers, after every epoch, so that no loader's workers
+prefetch while another configuration trains. Round 0 is a warm-up, not timed; on the CPU it also
+probes memory.
 
 Per step: data = time blocked in ``next(loader)`` (on the device path this includes the downsample);
-compute = forward, loss, backward and SGD step (synchronised on CUDA). Per configuration: median step
-and data time and images/s at each size, the time ratio to the baseline (total step time, per step)
-next to the ideal ``1 - p (1 - (S/F)^2)`` for the share p of reduced batches it served, and peak
-memory per size (CUDA ``max_memory_allocated``; on the CPU, peak live tensor bytes of one step seen by
-torch's ``MemTracker``). Writes JSON (``--out``) and prints a table.
+compute = forward, loss, backward and SGD step (synchronised on CUDA). Per configuration:
+
+- median step time (data + compute) and images/s at each size;
+- data ms/step: the mean time waiting for data; data ms/reduced: what a reduced batch costs in data
+  time, from the totals (the epoch's data time less its full batches at the baseline's mean, per
+  reduced batch). Totals, because timm's prefetcher prepares batch i+1 inside the call that returns
+  batch i, so a single call's data time belongs partly to its neighbour;
+- time ratio: total step time per step against the baseline's, next to the ideal
+  ``1 - p (1 - (S/F)^2)`` for the share p of reduced batches it served (timm's own sampler draws its
+  share at random); "(medians)" is the same ratio from per-size median step times, less sensitive
+  to a few steps slowed by other work on the machine;
+- peak memory per size: CUDA ``max_memory_allocated``; on the CPU, the peak of live tensor bytes
+  during one step (torch's ``MemTracker``, in the warm-up round).
+
+Writes JSON (``--out``, default ``outputs/bench_trd.json``) and prints a table.
 
 ``--compile-check`` instead counts torch.compile's compilations per epoch on each TRD path (with
 torch's default automatic dynamic shapes and with ``torch._dynamo.mark_static`` on the input).
@@ -39,6 +52,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 import types
 from contextlib import nullcontext
@@ -194,10 +208,14 @@ class Trainer:
             return seconds, tracker.get_tracker_snapshot('peak')[torch.device('cpu')]['Total']
         return seconds, None
 
-    def run_epoch(self, epoch, model, loader, *, records):
-        """The epoch function (train.py's ``train_one_epoch`` seam): one timed pass over ``loader``."""
+    def run_epoch(self, epoch, model, loader, *, records, turns=None):
+        """The epoch function (train.py's ``train_one_epoch`` seam): one timed pass over ``loader``.
+
+        With ``turns`` (step interleaving) it hands the machine to the next configuration after each step.
+        """
         iterator = iter(loader)
         index = 0
+        entered = time.perf_counter()
         while True:
             start = time.perf_counter()
             try:
@@ -210,7 +228,48 @@ class Trainer:
             records.append(dict(epoch=epoch, index=index, hw=list(images.shape[-2:]), batch=int(images.shape[0]),
                                 data_s=data_s, compute_s=compute_s, step_s=data_s + compute_s, peak_bytes=peak))
             index += 1
-        return {'steps': index}
+            if turns is not None:
+                turns.pass_on()
+        return {'steps': index, 'epoch_fn_wall_s': time.perf_counter() - entered}
+
+
+class Turns:
+    """Step interleaving: the configurations' epochs run in threads that take turns, one step each.
+
+    Only the thread whose turn it is does anything (fetches, trains); the others wait, so the steps
+    run one at a time in the order A B C A B C ..., and a drifting machine hits every configuration alike.
+    """
+
+    def __init__(self, count):
+        self.cond = threading.Condition()
+        self.active = list(range(count))
+        self.turn = 0
+        self.local = threading.local()
+
+    def begin(self, i):
+        self.local.index = i
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == i)
+
+    def _advance(self, i, finished):
+        pos = self.active.index(i)
+        if finished:
+            self.active.remove(i)
+            if self.active:
+                self.turn = self.active[pos % len(self.active)]
+        else:
+            self.turn = self.active[(pos + 1) % len(self.active)]
+        self.cond.notify_all()
+
+    def pass_on(self):
+        i = self.local.index
+        with self.cond:
+            self._advance(i, finished=False)
+            self.cond.wait_for(lambda: self.turn == i)
+
+    def end(self):
+        with self.cond:
+            self._advance(self.local.index, finished=True)
 
 
 def cpu_memory_tracker(model, optimizer):
@@ -286,14 +345,42 @@ def build_configs(args, trainer, make_dataset, total_epochs):
     return configs
 
 
-def run_round(configs, trainer, epoch, timed):
-    for config in configs:
+def run_round(configs, trainer, epoch, timed, interleave):
+    """One epoch of every configuration: one after the other, or step by step in turns."""
+    results = [None] * len(configs)
+
+    def run(i, config, turns=None):
         records = []
-        set_loader_epoch(config.loader, epoch)
-        start = time.perf_counter()
-        metrics = config.epoch_fn(epoch, trainer.model, config.loader, records=records)
-        outside = time.perf_counter() - start - sum(r['step_s'] for r in records)
-        config.hook_s.append(outside)  # epoch start/end work outside the steps (the plugin's hook, FLOP count)
+        try:
+            if turns is not None:
+                turns.begin(i)
+            start = time.perf_counter()
+            metrics = config.epoch_fn(epoch, trainer.model, config.loader, records=records, turns=turns)
+            results[i] = (records, metrics, time.perf_counter() - start)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            results[i] = e
+        finally:
+            if turns is not None:
+                turns.end()
+
+    for config in configs:
+        set_loader_epoch(config.loader, epoch)  # as train.py does before each epoch
+    if interleave == 'step':
+        turns = Turns(len(configs))
+        threads = [threading.Thread(target=run, args=(i, c, turns)) for i, c in enumerate(configs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for i, config in enumerate(configs):
+            run(i, config)
+    for config, result in zip(configs, results):
+        if isinstance(result, BaseException):
+            raise result
+        records, metrics, _ = result
+        # the hook's work around our epoch function (the plugin's epoch start and end, its one-time FLOP count)
+        config.hook_s.append(result[2] - metrics['epoch_fn_wall_s'])
         if config.plugin is not None and config.plugin.config.enabled:
             config.trd_figures.append({k: v for k, v in metrics.items() if k.startswith('trd_')})
         for r in records:
@@ -338,24 +425,23 @@ def summarize(configs, args):
         out[config.name] = summary
 
     base = out.get('baseline')
-    for name, s in out.items():
-        if base:
-            s['ratio'] = (s['total_s'] / s['steps']) / (base['total_s'] / base['steps'])
-            s['ratio_over_ideal'] = s['ratio'] / s['ideal']
-            bf = base['sizes'].get(full)
-            if bf and reduced_and_full(s, full, small):
-                mix = (1 - s['reduced_share']) * s['sizes'][full]['step_ms'] + s['reduced_share'] * s['sizes'][small]['step_ms']
-                s['ratio_medians'] = mix / bf['step_ms']
-                # the data time a reduced batch adds, from totals (robust to how workers overlap batches):
-                # (data total - full batches x the baseline's mean data time per batch) / reduced batches
-                full_n = s['steps'] - s['reduced_batches']
-                s['data_ms_per_reduced_marginal'] = 1e3 * (
-                    s['data_total_s'] - full_n * base['data_total_s'] / base['steps']) / s['reduced_batches']
+    base_full = base and base['sizes'].get(full)
+    for s in out.values():
+        if not base_full:
+            continue
+        s['ratio'] = (s['total_s'] / s['steps']) / (base['total_s'] / base['steps'])
+        s['ratio_over_ideal'] = s['ratio'] / s['ideal']
+        # the same from per-size medians: robust to a few steps slowed by other work on the machine
+        mix = sum(size['batches'] * size['step_ms'] for size in s['sizes'].values()) / s['steps']
+        s['ratio_medians'] = mix / base_full['step_ms']
+        s['ratio_medians_over_ideal'] = s['ratio_medians'] / s['ideal']
+        if s['reduced_batches']:
+            # the data time a reduced batch adds, from totals (robust to how workers overlap batches):
+            # (data total - full batches x the baseline's mean data time per batch) / reduced batches
+            full_n = s['steps'] - s['reduced_batches']
+            s['data_ms_per_reduced_marginal'] = 1e3 * (
+                s['data_total_s'] - full_n * base['data_total_s'] / base['steps']) / s['reduced_batches']
     return out
-
-
-def reduced_and_full(s, full, small):
-    return full in s['sizes'] and small in s['sizes']
 
 
 def checks(summary, args):
@@ -365,12 +451,10 @@ def checks(summary, args):
     for path in ('loader', 'device'):
         if path in summary and 'ratio_over_ideal' in summary[path]:
             c[f'{path}_ratio_over_ideal'] = summary[path]['ratio_over_ideal']
+            c[f'{path}_ratio_over_ideal_medians'] = summary[path]['ratio_medians_over_ideal']
     lo, de = summary.get('loader'), summary.get('device')
-    if lo and de and small in lo['sizes'] and small in de['sizes']:
-        c['data_per_reduced_loader_over_device_median'] = lo['sizes'][small]['data_ms'] / de['sizes'][small]['data_ms']
-        if 'data_ms_per_reduced_marginal' in lo and de.get('data_ms_per_reduced_marginal', 0) > 0:
-            c['data_per_reduced_loader_over_device_marginal'] = (
-                lo['data_ms_per_reduced_marginal'] / de['data_ms_per_reduced_marginal'])
+    if lo and de and 'data_ms_per_reduced_marginal' in lo and de.get('data_ms_per_reduced_marginal', 0) > 0:
+        c['data_per_reduced_loader_over_device'] = lo['data_ms_per_reduced_marginal'] / de['data_ms_per_reduced_marginal']
     if 'p0' in summary and 'ratio' in summary['p0']:
         c['p0_over_baseline'] = summary['p0']['ratio']
     tm = summary.get('timm')
@@ -394,8 +478,8 @@ def fmt(value, spec='.0f'):
 
 def table(summary, args):
     full, small = hw_key((args.img_size,) * 2), hw_key((args.trd_size,) * 2)
-    head = ('config', 'reduced', f'step ms {args.img_size}/{args.trd_size}', 'img/s', 'data ms', 'time ratio',
-            'ideal', 'ratio/ideal', 'peak MB')
+    head = ('config', 'reduced', f'step ms {args.img_size} / {args.trd_size}', 'img/s', 'data ms/step',
+            'data ms/reduced', 'time ratio', 'ideal', 'ratio/ideal', '(medians)', 'peak MB')
     rows = [head]
     for name, s in summary.items():
         f, r = s['sizes'].get(full, {}), s['sizes'].get(small, {})
@@ -403,8 +487,9 @@ def table(summary, args):
             name, f"{s['reduced_batches']}/{s['steps']}",
             f"{fmt(f.get('step_ms'))} / {fmt(r.get('step_ms'))}",
             f"{fmt(f.get('img_per_s'), '.1f')} / {fmt(r.get('img_per_s'), '.1f')}",
-            f"{fmt(f.get('data_ms'), '.1f')} / {fmt(r.get('data_ms'), '.1f')}",
+            fmt(1e3 * s['data_total_s'] / s['steps'], '.1f'), fmt(s.get('data_ms_per_reduced_marginal'), '.1f'),
             fmt(s.get('ratio'), '.3f'), fmt(s['ideal'], '.3f'), fmt(s.get('ratio_over_ideal'), '.3f'),
+            fmt(s.get('ratio_medians_over_ideal'), '.3f'),
             f"{fmt(f.get('peak_mb'))} / {fmt(r.get('peak_mb'))}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ['| ' + ' | '.join(cell.ljust(w) for cell, w in zip(row, widths)) + ' |' for row in rows]
@@ -424,6 +509,23 @@ def machine():
     if torch.cuda.is_available():
         info['gpu'] = torch.cuda.get_device_name()
     return info
+
+
+def wrapper_overhead_us(args, batches=5000):
+    """What TRDLoader adds per batch on the loader path (its plan and bookkeeping), against iterating bare."""
+    from timm_trd.loader import TRDLoader
+    from timm_trd.schedule import TRDSchedule
+    batch = (torch.zeros(2, 3, args.img_size, args.img_size), torch.zeros(2, dtype=torch.long))
+    items = [batch] * batches
+    wrapped = TRDLoader(items, TRDSchedule(prob=args.trd_prob, total_epochs=1), (args.img_size,) * 2,
+                        (args.trd_size,) * 2, resize=False)
+    best = []
+    for loader in (items, wrapped) * 3:
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        best.append(time.perf_counter() - start)
+    return 1e6 * (min(best[1::2]) - min(best[0::2])) / batches
 
 
 # -- torch.compile check ---------------------------------------------------------------------------
@@ -447,7 +549,7 @@ def compile_check(args, device, make_dataset, num_classes):
             for epoch in range(args.rounds):
                 before = compile_counts()
                 start = time.perf_counter()
-                run_round([config], trainer, epoch, timed=True)
+                run_round([config], trainer, epoch, timed=True, interleave='epoch')
                 after = compile_counts()
                 epoch_records = [r for r in config.records if r['epoch'] == epoch]
                 sizes |= {hw_key(r['hw']) for r in epoch_records}
@@ -481,6 +583,10 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=8, help='batches per epoch (= per configuration per round)')
     p.add_argument('--rounds', type=int, default=3, help='timed rounds (one epoch of every configuration each)')
     p.add_argument('--warmup-rounds', type=int, default=1, help='untimed rounds first (also the CPU memory probe)')
+    p.add_argument('--interleave', choices=('auto', 'step', 'epoch'), default='auto',
+                   help='take turns after every step, or after every epoch; auto: step with --workers 0 (the finest '
+                        'drift cancelling), epoch with workers (taking turns per step would let every loader\'s '
+                        'workers prefetch during the other configurations\' steps and hide their data time)')
     p.add_argument('--configs', nargs='+', default=None, choices=ALL_CONFIGS,
                    help=f'configurations, run in this order each round (default: all of {ALL_CONFIGS} available)')
     p.add_argument('--data', default='generated',
@@ -519,6 +625,8 @@ def parse_args(argv=None):
         p.error(f'timm {timm.__version__} has no scheduled input sizes (create_loader(input_size_choices=...))')
     if args.compile_check:
         args.compile = True
+    if args.interleave == 'auto':
+        args.interleave = 'step' if args.workers == 0 else 'epoch'
     return args
 
 
@@ -550,12 +658,13 @@ def main(argv=None):
     for epoch in range(total_epochs):
         timed = epoch >= args.warmup_rounds
         trainer.memory_probe = args.memory == 'auto' and not timed and not args.compile
-        run_round(configs, trainer, epoch, timed)
+        run_round(configs, trainer, epoch, timed, args.interleave)
         print(f'  round {epoch} {"timed" if timed else "warm-up"} done at {time.perf_counter() - start:.0f} s', flush=True)
     if args.compile:
         info['compile_counts'] = compile_counts()
 
     summary = summarize(configs, args)
+    info['trd_loader_overhead_us_per_batch'] = wrapper_overhead_us(args)
     info.update(summary=summary, checks=checks(summary, args),
                 steps=[dict(config=c.name, **r) for c in configs for r in c.records])
     print()
@@ -563,6 +672,7 @@ def main(argv=None):
     print()
     for key, value in info['checks'].items():
         print(f'  {key}: {value:.3f}')
+    print(f"  TRDLoader bookkeeping: {info['trd_loader_overhead_us_per_batch']:.1f} us per batch")
     write(args.out, info)
     return info
 
