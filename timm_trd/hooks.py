@@ -29,7 +29,7 @@ import yaml
 from .accounting import CostModel
 from .config import TRDConfig, TRDConfigError, add_arguments, check_train_args, config_from_args, total_epochs
 from .loader import TRDLoader
-from .sampler import REDUCED, loader_path_unavailable, trd_batch_sampler
+from .sampler import loader_path_unavailable, trd_batch_sampler
 from .schedule import TRDSchedule, compute_share
 from .wandb_guard import guard_wandb
 
@@ -275,12 +275,13 @@ class TRDPlugin:
         share = self.cost.epoch_share(reduced, batches)
         saved = self.cost.cumulative_saved(self.schedule, epoch, len(loader))
         if _is_primary(self.args):
-            full_rate = stats.images_per_s(loader.full_hw) if stats else float('nan')
-            small_rate = stats.images_per_s(loader.reduced_hw) if stats else float('nan')
+            rate = {hw: stats.images_per_s(hw) if stats else float('nan') for hw in (loader.full_hw, loader.reduced_hw)}
+            wait = {hw: stats.data_ms_per_batch(hw) if stats else float('nan') for hw in rate}
             _logger.info(
                 f'TRD: epoch {epoch}: {reduced}/{batches} batches at {loader.reduced_hw[0]}x{loader.reduced_hw[1]} '
                 f'({loader.path} path), compute {share:.3f} of full size, {100 * saved:.1f}% saved so far; '
-                f'step rate {full_rate:.1f} img/s full, {small_rate:.1f} img/s reduced (per process)'
+                f'step rate {rate[loader.full_hw]:.1f} img/s full, {rate[loader.reduced_hw]:.1f} img/s reduced, '
+                f'data wait {wait[loader.full_hw]:.1f} ms / {wait[loader.reduced_hw]:.1f} ms per batch (per process)'
                 + (f'; all {torch.distributed.get_world_size()} ranks served the same sizes in the same order'
                    if agree else ''))
         return {
@@ -306,4 +307,4 @@ def install(train_module) -> TRDPlugin:
     return TRDPlugin(train_module).install()
 
 
-__all__ = ['install', 'TRDPlugin', 'REDUCED']
+__all__ = ['install', 'TRDPlugin', 'ranks_agree']

@@ -47,6 +47,10 @@ class EpochStats:
         """A short digest of the sizes served, in order: equal on ranks that served the same sequence."""
         return hashlib.sha1(repr(self.order).encode()).hexdigest()[:16]
 
+    def data_ms_per_batch(self, hw: Tuple[int, int]) -> float:
+        stats = self.sizes.get(hw)
+        return 1e3 * stats.data_s / stats.batches if stats and stats.batches else float('nan')
+
     def images_per_s(self, hw: Tuple[int, int]) -> float:
         stats = self.sizes.get(hw)
         if not stats or stats.step_s <= 0:
