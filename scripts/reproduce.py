@@ -42,7 +42,9 @@ DATASETS = {
         archive='imagenette-224.tar', folder='imagenette', full=112, reduced=56, train_per_class=300,
         model='test_resnet', epochs=8, batch_size=64, lr=0.1, extra=[]),
 }
-CONFIGS = {'baseline': 0.0, 'trd50': 0.5, 'trd90': 0.9}
+# config name: (share of reduced batches P, epochs at the end trained entirely at full size)
+CONFIGS = {'baseline': (0.0, 0), 'trd50': (0.5, 0), 'trd90': (0.9, 0), 'trd50-tail2': (0.5, 2)}
+DEFAULT_CONFIGS = ['baseline', 'trd50', 'trd90']
 EVAL_FRACTIONS = (0.5, 0.75)
 
 
@@ -88,7 +90,7 @@ def prepare_dataset(name: str, shared: Path, cache: Path) -> Path:
 
 
 # -- one training run ------------------------------------------------------------------------------
-def train_args(name: str, prob: float, seed: int, data: Path, out: Path, run: str, workers: int):
+def train_args(name: str, config: str, seed: int, data: Path, out: Path, run: str, workers: int):
     spec = DATASETS[name]
     args = [
         '--data-dir', str(data), '--model', spec['model'], '--num-classes', '10', '--img-size', str(spec['full']),
@@ -98,8 +100,9 @@ def train_args(name: str, prob: float, seed: int, data: Path, out: Path, run: st
         '--experiment', run, '--val-interval', str(spec['epochs']), '--log-interval', '1000',
         '--checkpoint-hist', '1', *spec['extra'],
     ]
+    prob, tail = CONFIGS[config]
     if prob > 0:
-        args += ['--trd-prob', str(prob), '--trd-size', str(spec['reduced'])]
+        args += ['--trd-prob', str(prob), '--trd-size', str(spec['reduced']), '--trd-full-res-epochs', str(tail)]
     return args
 
 
@@ -135,7 +138,7 @@ def run_one(name, config, seed, data, runs_dir, workers):
     if run_dir.exists():
         shutil.rmtree(run_dir)
     timing_file = runs_dir / f'{run}.timing.json'
-    argv = train_args(name, CONFIGS[config], seed, data, runs_dir, run, workers)
+    argv = train_args(name, config, seed, data, runs_dir, run, workers)
     log(f'{run}: training')
     with open(runs_dir / f'{run}.log', 'w') as logfile:
         code = subprocess.call([sys.executable, __file__, '_train', str(timing_file), *argv],
@@ -146,7 +149,7 @@ def run_one(name, config, seed, data, runs_dir, workers):
         last = list(csv.DictReader(f))[-1]  # validation runs once, after the last epoch
     spec = DATASETS[name]
     result = {
-        'dataset': name, 'config': config, 'prob': CONFIGS[config], 'seed': seed,
+        'dataset': name, 'config': config, 'prob': CONFIGS[config][0], 'full_res_epochs': CONFIGS[config][1], 'seed': seed,
         'full': spec['full'], 'reduced': spec['reduced'], 'epochs': spec['epochs'],
         'top1': float(last['eval_top1']),
         'train_seconds': round(sum(json.loads(timing_file.read_text())['epoch_seconds']), 2),
@@ -192,7 +195,8 @@ def _mean_std(values):
 
 
 def report(results, out: Path):
-    results = sorted(results, key=lambda r: (r['dataset'], r['prob'], r['seed']))
+    order = list(CONFIGS)
+    results = sorted(results, key=lambda r: (r['dataset'], order.index(r['config']), r['seed']))
     if not results:
         log('no finished runs yet')
         return
@@ -214,7 +218,7 @@ def report(results, out: Path):
                   '| config | seeds | top-1 at ' + ' | top-1 at '.join(str(s) for s in [spec['full'], *sizes])
                   + ' | training time (s) | time vs baseline | compute (FLOPs) |',
                   '|---|---|' + '---|' * (len(sizes) + 4)]
-        for config, prob in CONFIGS.items():
+        for config, (prob, tail) in CONFIGS.items():
             group = [r for r in rows if r['config'] == config]
             if not group:
                 continue
@@ -224,7 +228,8 @@ def report(results, out: Path):
                 cells.append(f'{m:.2f} +- {s:.2f}')
             t, _ = _mean_std(r['train_seconds'] for r in group)
             c, _ = _mean_std(r['compute'] for r in group)
-            lines.append(f'| {config} (P {prob:g}) | {len(group)} | ' + ' | '.join(cells)
+            label = f'{config} (P {prob:g}' + (f', last {tail} epochs full)' if tail else ')')
+            lines.append(f'| {label} | {len(group)} | ' + ' | '.join(cells)
                          + f' | {t:.0f} | {t / base_time:.3f} | {c:.3f} |')
         lines.append('')
     (out / 'results.md').write_text('\n'.join(lines))
@@ -242,7 +247,7 @@ def plot(results, path: Path):
         return
     names = list(dict.fromkeys(r['dataset'] for r in results))
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    colours = {'baseline': 'tab:gray', 'trd50': 'tab:blue', 'trd90': 'tab:orange'}
+    colours = {'baseline': 'tab:gray', 'trd50': 'tab:blue', 'trd90': 'tab:orange', 'trd50-tail2': 'tab:green'}
     for ax, name in zip(axes[0], names):
         rows = [r for r in results if r['dataset'] == name]
         base = [r['train_seconds'] for r in rows if r['prob'] == 0]
@@ -250,7 +255,7 @@ def plot(results, path: Path):
         for config in CONFIGS:
             group = [r for r in rows if r['config'] == config]
             ax.scatter([r['train_seconds'] / norm for r in group], [r['top1'] for r in group],
-                       label=f'{config} (P {CONFIGS[config]:g})', color=colours[config])
+                       label=f'{config} (P {CONFIGS[config][0]:g})', color=colours[config])
         ax.set_title(f'{name} ({DATASETS[name]["full"]} px, reduced {DATASETS[name]["reduced"]} px)')
         ax.set_xlabel('training time / mean baseline training time')
         ax.set_ylabel('top-1 (%)')
@@ -269,7 +274,7 @@ def main():
     parser.add_argument('--cache', default=str(REPO / 'outputs' / 'cache'), help='where archives are extracted')
     parser.add_argument('--out', default=str(REPO / 'outputs' / 'reproduce'), help='runs and results')
     parser.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument('--configs', nargs='+', default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--epochs', type=int, default=None, help='override every dataset\'s epoch count')
     parser.add_argument('--train-per-class', type=int, default=None, help='override the training subset size')
