@@ -415,7 +415,7 @@ def summarize(configs, args):
                 img_per_s=rows[0]['batch'] / step, peak_mb=max(peaks) / 2 ** 20 if peaks else None)
         reduced = sizes.get(small, {}).get('batches', 0)
         share = reduced / len(timed)
-        summary = dict(steps=len(timed), reduced_batches=reduced, reduced_share=share, sizes=sizes,
+        summary = dict(name=config.name, steps=len(timed), reduced_batches=reduced, reduced_share=share, sizes=sizes,
                        total_s=sum(r['step_s'] for r in timed), data_total_s=sum(r['data_s'] for r in timed),
                        ideal=1 - share * (1 - area), hook_s=config.hook_s)
         if config.plugin is not None and config.plugin.cost is not None:
@@ -424,17 +424,33 @@ def summarize(configs, args):
             summary['trd_figures'] = config.trd_figures
         out[config.name] = summary
 
+    timed_epochs = sorted({r['epoch'] for c in configs for r in c.records if r['timed']})
+    by_name = {c.name: c for c in configs}
+
+    def per_step(name, epoch):
+        steps = [r['step_s'] for r in by_name[name].records if r['epoch'] == epoch]
+        return sum(steps) / len(steps)
+
     base = out.get('baseline')
     base_full = base and base['sizes'].get(full)
     for s in out.values():
         if not base_full:
             continue
         s['ratio'] = (s['total_s'] / s['steps']) / (base['total_s'] / base['steps'])
+        s['ratio_by_round'] = [per_step(s['name'], e) / per_step('baseline', e) for e in timed_epochs]
+        # standard error of the ratio, from its spread over the rounds
+        s['ratio_se'] = (statistics.stdev(s['ratio_by_round']) / math.sqrt(len(timed_epochs))
+                         if len(timed_epochs) > 1 else None)
         s['ratio_over_ideal'] = s['ratio'] / s['ideal']
         # the same from per-size medians: robust to a few steps slowed by other work on the machine
         mix = sum(size['batches'] * size['step_ms'] for size in s['sizes'].values()) / s['steps']
         s['ratio_medians'] = mix / base_full['step_ms']
         s['ratio_medians_over_ideal'] = s['ratio_medians'] / s['ideal']
+        if full in s['sizes'] and small in s['sizes']:
+            # at the nominal share P: compares timm's sampler (which draws its share) with TRD's exact one
+            P = args.trd_prob
+            s['ratio_medians_at_p'] = ((1 - P) * s['sizes'][full]['step_ms'] + P * s['sizes'][small]['step_ms']) / (
+                base_full['step_ms'])
         if s['reduced_batches']:
             # the data time a reduced batch adds, from totals (robust to how workers overlap batches):
             # (data total - full batches x the baseline's mean data time per batch) / reduced batches
@@ -457,9 +473,13 @@ def checks(summary, args):
         c['data_per_reduced_loader_over_device'] = lo['data_ms_per_reduced_marginal'] / de['data_ms_per_reduced_marginal']
     if 'p0' in summary and 'ratio' in summary['p0']:
         c['p0_over_baseline'] = summary['p0']['ratio']
+        if summary['p0'].get('ratio_se'):
+            c['p0_over_baseline_se'] = summary['p0']['ratio_se']
     tm = summary.get('timm')
     if lo and tm and 'ratio_over_ideal' in lo and 'ratio_over_ideal' in tm:
         c['loader_over_timm_normalised'] = lo['ratio_over_ideal'] / tm['ratio_over_ideal']
+        if 'ratio_medians_at_p' in lo and 'ratio_medians_at_p' in tm:
+            c['loader_over_timm_medians_at_p'] = lo['ratio_medians_at_p'] / tm['ratio_medians_at_p']
         if full in tm['sizes'] and small in tm['sizes'] and small in lo['sizes']:
             c['loader_over_timm_step_full'] = lo['sizes'][full]['step_ms'] / tm['sizes'][full]['step_ms']
             c['loader_over_timm_step_reduced'] = lo['sizes'][small]['step_ms'] / tm['sizes'][small]['step_ms']
@@ -488,7 +508,8 @@ def table(summary, args):
             f"{fmt(f.get('step_ms'))} / {fmt(r.get('step_ms'))}",
             f"{fmt(f.get('img_per_s'), '.1f')} / {fmt(r.get('img_per_s'), '.1f')}",
             fmt(1e3 * s['data_total_s'] / s['steps'], '.1f'), fmt(s.get('data_ms_per_reduced_marginal'), '.1f'),
-            fmt(s.get('ratio'), '.3f'), fmt(s['ideal'], '.3f'), fmt(s.get('ratio_over_ideal'), '.3f'),
+            fmt(s.get('ratio'), '.3f') + (f" ± {s['ratio_se']:.3f}" if s.get('ratio_se') else ''),
+            fmt(s['ideal'], '.3f'), fmt(s.get('ratio_over_ideal'), '.3f'),
             fmt(s.get('ratio_medians_over_ideal'), '.3f'),
             f"{fmt(f.get('peak_mb'))} / {fmt(r.get('peak_mb'))}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -606,7 +627,9 @@ def parse_args(argv=None):
     p.add_argument('--compile-check', action='store_true',
                    help='count torch.compile compilations per epoch on each TRD path instead of timing')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads in the main process')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch threads in the main process (default on CPU: cores less --workers, at least 1, so the '
+                        'model\'s threads and the loader workers do not fight over cores; on CUDA torch\'s default)')
     p.add_argument('--lr', type=float, default=0.01)
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--memory', choices=('auto', 'off'), default='auto',
@@ -633,6 +656,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is None and device.type == 'cpu':
+        args.threads = max(1, (os.cpu_count() or 1) - args.workers)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -641,7 +666,8 @@ def main(argv=None):
     info = dict(machine=machine(), args=vars(args))
     print(f"bench_trd: {args.model} {args.img_size} vs {args.trd_size} px, P {args.trd_prob}, batch {args.batch_size}, "
           f"{args.steps} steps x {args.rounds} rounds (+{args.warmup_rounds} warm-up), {args.workers} workers, "
-          f"{args.device}, {info['machine'].get('gpu') or info['machine']['cpu']}", flush=True)
+          f"{torch.get_num_threads()} torch threads, interleaved by {args.interleave}, {args.device}, "
+          f"{info['machine'].get('gpu') or info['machine']['cpu']}", flush=True)
 
     if args.compile_check:
         info['compile_check'] = compile_check(args, device, make_dataset, num_classes)
@@ -651,6 +677,7 @@ def main(argv=None):
     trainer = Trainer(args, device, num_classes)
     total_epochs = args.warmup_rounds + args.rounds
     configs = build_configs(args, trainer, make_dataset, total_epochs)
+    per_round_graphs, graphs_before = [], compile_counts()['graphs'] if args.compile else 0
     # one step on random data first: the optimizer state exists before any memory is probed
     priming = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     trainer.step(priming, torch.zeros(args.batch_size, dtype=torch.long, device=device))
@@ -659,9 +686,13 @@ def main(argv=None):
         timed = epoch >= args.warmup_rounds
         trainer.memory_probe = args.memory == 'auto' and not timed and not args.compile
         run_round(configs, trainer, epoch, timed, args.interleave)
-        print(f'  round {epoch} {"timed" if timed else "warm-up"} done at {time.perf_counter() - start:.0f} s', flush=True)
+        if args.compile:  # round 0 counts the priming step's graph too
+            graphs = compile_counts()['graphs']
+            per_round_graphs.append(graphs - sum(per_round_graphs) - graphs_before)
+        print(f'  round {epoch} {"timed" if timed else "warm-up"} done at {time.perf_counter() - start:.0f} s'
+              + (f', {per_round_graphs[-1]} graphs compiled' if args.compile else ''), flush=True)
     if args.compile:
-        info['compile_counts'] = compile_counts()
+        info['compiled_graphs_per_round'] = per_round_graphs
 
     summary = summarize(configs, args)
     info['trd_loader_overhead_us_per_batch'] = wrapper_overhead_us(args)

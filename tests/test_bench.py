@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 BENCH = Path(__file__).resolve().parent.parent / 'scripts' / 'bench_trd.py'
 
 
@@ -19,7 +21,7 @@ def test_bench_runs_every_configuration_and_writes_json(tmp_path, capsys):
     info = bench.main([
         '--model', 'resnet10t', '--img-size', '32', '--trd-size', '16', '--trd-prob', '0.5', '-b', '2',
         '--steps', '2', '--rounds', '1', '--warmup-rounds', '1', '--workers', '0',
-        '--data-cache', str(tmp_path / 'data'), '--out', str(out)])
+        '--threads', str(torch.get_num_threads()), '--data-cache', str(tmp_path / 'data'), '--out', str(out)])
 
     assert json.loads(out.read_text())['summary'].keys() == info['summary'].keys()
     summary = info['summary']
