@@ -50,6 +50,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import threading
@@ -608,6 +609,8 @@ def parse_args(argv=None):
                    help='take turns after every step, or after every epoch; auto: step with --workers 0 (the finest '
                         'drift cancelling), epoch with workers (taking turns per step would let every loader\'s '
                         'workers prefetch during the other configurations\' steps and hide their data time)')
+    p.add_argument('--no-shuffle-order', dest='shuffle_order', action='store_false',
+                   help='keep the --configs order in every round (default: a new random order each round)')
     p.add_argument('--configs', nargs='+', default=None, choices=ALL_CONFIGS,
                    help=f'configurations, run in this order each round (default: all of {ALL_CONFIGS} available)')
     p.add_argument('--data', default='generated',
@@ -685,7 +688,9 @@ def main(argv=None):
     for epoch in range(total_epochs):
         timed = epoch >= args.warmup_rounds
         trainer.memory_probe = args.memory == 'auto' and not timed and not args.compile
-        run_round(configs, trainer, epoch, timed, args.interleave)
+        # a new order every round, so that no configuration always runs first or after the same one
+        order = random.Random(args.seed + epoch).sample(configs, len(configs)) if args.shuffle_order else configs
+        run_round(order, trainer, epoch, timed, args.interleave)
         if args.compile:  # round 0 counts the priming step's graph too
             graphs = compile_counts()['graphs']
             per_round_graphs.append(graphs - sum(per_round_graphs) - graphs_before)
