@@ -151,6 +151,7 @@ def run_one(name, config, seed, data, runs_dir, workers):
     result = {
         'dataset': name, 'config': config, 'prob': CONFIGS[config][0], 'full_res_epochs': CONFIGS[config][1], 'seed': seed,
         'full': spec['full'], 'reduced': spec['reduced'], 'epochs': spec['epochs'],
+        'train_per_class': spec['train_per_class'],
         'top1': float(last['eval_top1']),
         'train_seconds': round(sum(json.loads(timing_file.read_text())['epoch_seconds']), 2),
         'compute': round(1.0 - float(last['train_trd_saved_cum']), 4) if 'train_trd_saved_cum' in last else 1.0,
@@ -279,7 +280,8 @@ def main():
     parser.add_argument('--epochs', type=int, default=None, help='override every dataset\'s epoch count')
     parser.add_argument('--train-per-class', type=int, default=None, help='override the training subset size')
     parser.add_argument('--workers', type=int, default=2)
-    parser.add_argument('--only-report', action='store_true', help='rebuild the tables from finished runs')
+    parser.add_argument('--only-report', action='store_true',
+                        help='rebuild the tables from finished runs (give the same --epochs/--train-per-class as the runs)')
     args = parser.parse_args()
 
     if args.train_script:
