@@ -7,7 +7,7 @@ evaluates every trained model also at 1/2 and 3/4 of the full test size, and wri
 
     OUT/results.csv        one row per run (top-1, training seconds, compute share, reduced-size top-1)
     OUT/results.md         mean +- std tables
-    OUT/results.png        top-1 against measured training time, baseline and TRD in different colours
+    OUT/results.png        top-1 against training compute, one point per run, each config in its colour
 
 Resumable: a run whose ``OUT/runs/<run>.json`` exists is skipped, so the experiment can be finished across several
 sittings (``--only-report`` rebuilds the tables from what exists). Needs timm's train.py
@@ -251,14 +251,12 @@ def plot(results, path: Path):
     colours = {'baseline': 'tab:gray', 'trd50': 'tab:blue', 'trd90': 'tab:orange', 'trd50-tail2': 'tab:green'}
     for ax, name in zip(axes[0], names):
         rows = [r for r in results if r['dataset'] == name]
-        base = [r['train_seconds'] for r in rows if r['prob'] == 0]
-        norm = statistics.mean(base) if base else 1.0
         for config in CONFIGS:
             group = [r for r in rows if r['config'] == config]
-            ax.scatter([r['train_seconds'] / norm for r in group], [r['top1'] for r in group],
+            ax.scatter([r['compute'] for r in group], [r['top1'] for r in group],
                        label=f'{config} (P {CONFIGS[config][0]:g})', color=colours[config])
         ax.set_title(f'{name} ({DATASETS[name]["full"]} px, reduced {DATASETS[name]["reduced"]} px)')
-        ax.set_xlabel('training time / mean baseline training time')
+        ax.set_xlabel('training compute (FLOPs, share of the baseline\'s; timm-trd accounting)')
         ax.set_ylabel('top-1 (%)')
         ax.grid(alpha=0.3)
         ax.legend()
