@@ -34,8 +34,10 @@ compute = forward, loss, backward and SGD step (synchronised on CUDA). Per confi
   batch i, so a single call's data time belongs partly to its neighbour;
 - time ratio: total step time per step against the baseline's, next to the ideal
   ``1 - p (1 - (S/F)^2)`` for the share p of reduced batches it served (timm's own sampler draws its
-  share at random); "(medians)" is the same ratio from per-size median step times, less sensitive
-  to a few steps slowed by other work on the machine;
+  share at random); "(paired)" is ratio/ideal from the configuration's own median step times,
+  1 - p (1 - reduced/full): both sizes run interleaved within one configuration, so it is free of the
+  differences between configurations that a shared machine adds (JSON also has the ratio from
+  per-size medians against the baseline's);
 - peak memory per size: CUDA ``max_memory_allocated``; on the CPU, the peak of live tensor bytes
   during one step (torch's ``MemTracker``, in the warm-up round).
 
@@ -448,6 +450,12 @@ def summarize(configs, args):
         s['ratio_medians'] = mix / base_full['step_ms']
         s['ratio_medians_over_ideal'] = s['ratio_medians'] / s['ideal']
         if full in s['sizes'] and small in s['sizes']:
+            # paired: a reduced step against the same configuration's own full steps, which run interleaved
+            # with it; free of any difference between configurations at full size (there should be none)
+            own = s['sizes'][small]['step_ms'] / s['sizes'][full]['step_ms']
+            s['reduced_over_full_step'] = own
+            s['ratio_paired'] = 1 - s['reduced_share'] * (1 - own)
+            s['ratio_paired_over_ideal'] = s['ratio_paired'] / s['ideal']
             # at the nominal share P: compares timm's sampler (which draws its share) with TRD's exact one
             P = args.trd_prob
             s['ratio_medians_at_p'] = ((1 - P) * s['sizes'][full]['step_ms'] + P * s['sizes'][small]['step_ms']) / (
@@ -469,6 +477,8 @@ def checks(summary, args):
         if path in summary and 'ratio_over_ideal' in summary[path]:
             c[f'{path}_ratio_over_ideal'] = summary[path]['ratio_over_ideal']
             c[f'{path}_ratio_over_ideal_medians'] = summary[path]['ratio_medians_over_ideal']
+            if 'ratio_paired_over_ideal' in summary[path]:
+                c[f'{path}_ratio_over_ideal_paired'] = summary[path]['ratio_paired_over_ideal']
     lo, de = summary.get('loader'), summary.get('device')
     if lo and de and 'data_ms_per_reduced_marginal' in lo and de.get('data_ms_per_reduced_marginal', 0) > 0:
         c['data_per_reduced_loader_over_device'] = lo['data_ms_per_reduced_marginal'] / de['data_ms_per_reduced_marginal']
@@ -500,7 +510,7 @@ def fmt(value, spec='.0f'):
 def table(summary, args):
     full, small = hw_key((args.img_size,) * 2), hw_key((args.trd_size,) * 2)
     head = ('config', 'reduced', f'step ms {args.img_size} / {args.trd_size}', 'img/s', 'data ms/step',
-            'data ms/reduced', 'time ratio', 'ideal', 'ratio/ideal', '(medians)', 'peak MB')
+            'data ms/reduced', 'time ratio', 'ideal', 'ratio/ideal', '(paired)', 'peak MB')
     rows = [head]
     for name, s in summary.items():
         f, r = s['sizes'].get(full, {}), s['sizes'].get(small, {})
@@ -511,7 +521,7 @@ def table(summary, args):
             fmt(1e3 * s['data_total_s'] / s['steps'], '.1f'), fmt(s.get('data_ms_per_reduced_marginal'), '.1f'),
             fmt(s.get('ratio'), '.3f') + (f" ± {s['ratio_se']:.3f}" if s.get('ratio_se') else ''),
             fmt(s['ideal'], '.3f'), fmt(s.get('ratio_over_ideal'), '.3f'),
-            fmt(s.get('ratio_medians_over_ideal'), '.3f'),
+            fmt(s.get('ratio_paired_over_ideal'), '.3f'),
             f"{fmt(f.get('peak_mb'))} / {fmt(r.get('peak_mb'))}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ['| ' + ' | '.join(cell.ljust(w) for cell, w in zip(row, widths)) + ' |' for row in rows]
