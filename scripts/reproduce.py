@@ -32,15 +32,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # Each dataset: archive, folder inside it, full and reduced size, model and recipe. Sized so that the
-# whole default experiment (2 datasets x 3 configs x 3 seeds) fits well inside 90 minutes on 2 CPU cores
-# (about 45 minutes of training on an idle machine); --epochs and --train-per-class scale it up.
+# whole default experiment (2 datasets x 3 configs x 3 seeds) fits inside 90 minutes on 2 CPU cores
+# (one core trains with one thread, one loader worker decodes on the other); --epochs and --train-per-class scale it.
 DATASETS = {
     'cifar10': dict(
         archive='cifar10.tar.gz', folder='cifar10', full=32, reduced=16, train_per_class=1000,
-        model='test_resnet', epochs=10, batch_size=128, lr=0.1, extra=['--scale', '0.35', '1', '--crop-pct', '1.0']),
+        model='test_resnet', epochs=15, batch_size=128, lr=0.1, extra=['--scale', '0.35', '1', '--crop-pct', '1.0']),
     'imagenette': dict(
         archive='imagenette-224.tar', folder='imagenette', full=112, reduced=56, train_per_class=300,
-        model='test_resnet', epochs=8, batch_size=64, lr=0.1, extra=[]),
+        model='test_resnet', epochs=10, batch_size=64, lr=0.1, extra=[]),
 }
 # config name: (share of reduced batches P, epochs at the end trained entirely at full size)
 CONFIGS = {'baseline': (0.0, 0), 'trd50': (0.5, 0), 'trd90': (0.9, 0), 'trd50-tail2': (0.5, 2)}
@@ -106,6 +106,14 @@ def train_args(name: str, config: str, seed: int, data: Path, out: Path, run: st
     return args
 
 
+def _child_env():
+    """One intra-op thread for the training process unless the caller chose: on a small CPU the loader workers
+    need the other cores, and oversubscribed OpenMP threads make step times swing by several times."""
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    return env
+
+
 def timed_train(result_path: str, argv):
     """Worker mode: run train.py with the plugin, timing train_one_epoch; write the times as JSON."""
     from timm_trd.launcher import find_train_script, load_train_module
@@ -142,7 +150,7 @@ def run_one(name, config, seed, data, runs_dir, workers):
     log(f'{run}: training')
     with open(runs_dir / f'{run}.log', 'w') as logfile:
         code = subprocess.call([sys.executable, __file__, '_train', str(timing_file), *argv],
-                               stdout=logfile, stderr=subprocess.STDOUT)
+                               stdout=logfile, stderr=subprocess.STDOUT, env=_child_env())
     if code != 0:
         sys.exit(f'reproduce: {run} failed (exit {code}); see {runs_dir / (run + ".log")}')
     with open(run_dir / 'summary.csv') as f:
@@ -159,13 +167,18 @@ def run_one(name, config, seed, data, runs_dir, workers):
     for fraction in EVAL_FRACTIONS:
         size = int(round(spec['full'] * fraction))
         result[f'top1_at_{size}'] = round(evaluate(run_dir / 'last.pth.tar', spec, data, size), 3)
+    result['top1_bn_recal'] = round(evaluate(run_dir / 'last.pth.tar', spec, data, spec['full'], recal_batches=20), 3)
     result_file.write_text(json.dumps(result, indent=1))
     log(f'{run}: top-1 {result["top1"]:.2f}, {result["train_seconds"]:.0f} s training, compute {result["compute"]:.3f}')
     return result
 
 
-def evaluate(checkpoint: Path, spec, data: Path, size: int) -> float:
-    """Top-1 of a trained model on the validation set at another test size (timm's loader and metrics)."""
+def evaluate(checkpoint: Path, spec, data: Path, size: int, recal_batches: int = 0) -> float:
+    """Top-1 of a trained model on the validation set at another test size (timm's loader and metrics).
+
+    With ``recal_batches``, BatchNorm running statistics are first recomputed (a plain average, no gradient) over
+    that many training batches at ``size``: the investigation of whether statistics gathered over a mix of
+    reduced and full-size batches are what costs TRD accuracy at full-size test."""
     import torch
     from timm.data import create_dataset, create_loader, resolve_data_config
     from timm.models import create_model, load_checkpoint
@@ -173,9 +186,24 @@ def evaluate(checkpoint: Path, spec, data: Path, size: int) -> float:
 
     model = create_model(spec['model'], num_classes=10)
     load_checkpoint(model, str(checkpoint))
-    model.eval()
     config = resolve_data_config({'img_size': size, 'crop_pct': 1.0 if '--crop-pct' in spec['extra'] else None},
                                  model=model)
+    if recal_batches:
+        scale = tuple(float(v) for v in spec['extra'][1:3]) if '--scale' in spec['extra'] else (0.08, 1.0)
+        train_loader = create_loader(
+            create_dataset('', root=str(data), split='train', is_training=True), input_size=config['input_size'],
+            batch_size=spec['batch_size'], is_training=True, use_prefetcher=False, scale=scale,
+            interpolation=config['interpolation'], mean=config['mean'], std=config['std'], num_workers=1)
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the recalibration batches
+        model.train()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for _, (images, _) in zip(range(recal_batches), train_loader):
+                model(images)
+    model.eval()
     dataset = create_dataset('', root=str(data), split='val', is_training=False)
     loader = create_loader(dataset, input_size=config['input_size'], batch_size=256, use_prefetcher=False,
                            interpolation=config['interpolation'], mean=config['mean'], std=config['std'],
@@ -207,7 +235,7 @@ def report(results, out: Path):
         writer.writeheader()
         writer.writerows(results)
 
-    lines = []
+    lines = [_machine_line(results, out), '']
     for name in dict.fromkeys(r['dataset'] for r in results):
         rows = [r for r in results if r['dataset'] == name]
         spec = DATASETS[name]
@@ -217,15 +245,15 @@ def report(results, out: Path):
         lines += [f'**{name}**: {spec["model"]}, {spec["epochs"]} epochs, {spec["train_per_class"]} training images per class, '
                   f'trained and tested at {spec["full"]} px, reduced batches at {spec["reduced"]} px', '',
                   '| config | seeds | top-1 at ' + ' | top-1 at '.join(str(s) for s in [spec['full'], *sizes])
-                  + ' | training time (s) | time vs baseline | compute (FLOPs) |',
-                  '|---|---|' + '---|' * (len(sizes) + 4)]
+                  + f' | top-1 at {spec["full"]}, BN recalibrated | training time (s) | time vs baseline | compute (FLOPs) |',
+                  '|---|---|' + '---|' * (len(sizes) + 5)]
         for config, (prob, tail) in CONFIGS.items():
             group = [r for r in rows if r['config'] == config]
             if not group:
                 continue
             cells = []
-            for key in ['top1'] + [f'top1_at_{s}' for s in sizes]:
-                m, s = _mean_std(r[key] for r in group)
+            for key in ['top1'] + [f'top1_at_{s}' for s in sizes] + ['top1_bn_recal']:
+                m, s = _mean_std(r.get(key, float('nan')) for r in group)
                 cells.append(f'{m:.2f} +- {s:.2f}')
             t, _ = _mean_std(r['train_seconds'] for r in group)
             c, _ = _mean_std(r['compute'] for r in group)
@@ -236,6 +264,23 @@ def report(results, out: Path):
     (out / 'results.md').write_text('\n'.join(lines))
     print('\n'.join(lines))
     plot(results, out / 'results.png')
+
+
+def _machine_line(results, out: Path) -> str:
+    import platform
+    import torch
+    import timm
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    sittings = out / 'sittings.txt'
+    wall = sum(float(v) for v in sittings.read_text().split()) if sittings.is_file() else float('nan')
+    return (f'Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, timm {timm.__version__}, '
+            f'OMP_NUM_THREADS={_child_env()["OMP_NUM_THREADS"]}. {len(results)} runs, '
+            f'{sum(r["train_seconds"] for r in results) / 60:.1f} min in train_one_epoch; '
+            f'sittings (training, validation, reduced-size evaluation) {wall:.1f} min in all.')
 
 
 def plot(results, path: Path):
@@ -277,7 +322,8 @@ def main():
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--epochs', type=int, default=None, help='override every dataset\'s epoch count')
     parser.add_argument('--train-per-class', type=int, default=None, help='override the training subset size')
-    parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--workers', type=int, default=1,
+                        help='loader workers per run (default 1: on 2 cores, one decodes while one trains)')
     parser.add_argument('--only-report', action='store_true',
                         help='rebuild the tables from finished runs (give the same --epochs/--train-per-class as the runs)')
     args = parser.parse_args()
@@ -302,7 +348,10 @@ def main():
             for seed in args.seeds:  # seeds outermost: every finished seed gives a complete comparison
                 for config in args.configs:
                     results.append(run_one(name, config, seed, data, runs_dir, args.workers))
-        log(f'this sitting took {(time.time() - start) / 60:.1f} min')
+        minutes = (time.time() - start) / 60
+        log(f'this sitting took {minutes:.1f} min')
+        with open(out / 'sittings.txt', 'a') as f:
+            f.write(f'{minutes:.2f}\n')
     report(results, out)
 
 
