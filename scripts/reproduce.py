@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -189,20 +190,13 @@ def evaluate(checkpoint: Path, spec, data: Path, size: int, recal_batches: int =
     config = resolve_data_config({'img_size': size, 'crop_pct': 1.0 if '--crop-pct' in spec['extra'] else None},
                                  model=model)
     if recal_batches:
-        scale = tuple(float(v) for v in spec['extra'][1:3]) if '--scale' in spec['extra'] else (0.08, 1.0)
+        extra = spec['extra']
+        scale = tuple(map(float, extra[extra.index('--scale') + 1:][:2])) if '--scale' in extra else (0.08, 1.0)
         train_loader = create_loader(
             create_dataset('', root=str(data), split='train', is_training=True), input_size=config['input_size'],
             batch_size=spec['batch_size'], is_training=True, use_prefetcher=False, scale=scale,
             interpolation=config['interpolation'], mean=config['mean'], std=config['std'], num_workers=1)
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None  # cumulative average over the recalibration batches
-        model.train()
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for _, (images, _) in zip(range(recal_batches), train_loader):
-                model(images)
+        recalibrate_bn(model, train_loader, recal_batches)
     model.eval()
     dataset = create_dataset('', root=str(data), split='val', is_training=False)
     loader = create_loader(dataset, input_size=config['input_size'], batch_size=256, use_prefetcher=False,
@@ -215,6 +209,24 @@ def evaluate(checkpoint: Path, spec, data: Path, size: int, recal_batches: int =
             correct += top1.item() * images.shape[0] / 100
             total += images.shape[0]
     return 100.0 * correct / total
+
+
+def recalibrate_bn(model, loader, batches: int):
+    """Replace every BatchNorm's running statistics by their plain average over ``batches`` batches of
+    ``loader`` (forward passes in train mode, no gradient; the loader's order seeded)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average instead of an exponential one
+    model.train()
+    torch.manual_seed(0)  # the sampler's shuffle and the workers' seeds
+    random.seed(0)  # the augmentations, when the loader has no workers
+    with torch.no_grad():
+        for _, (images, _) in zip(range(batches), loader):
+            model(images)
+    model.eval()
 
 
 # -- report ----------------------------------------------------------------------------------------
