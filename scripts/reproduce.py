@@ -310,6 +310,8 @@ def plot(results, path: Path):
         rows = [r for r in results if r['dataset'] == name]
         for config in CONFIGS:
             group = [r for r in rows if r['config'] == config]
+            if not group:
+                continue
             ax.scatter([r['compute'] for r in group], [r['top1'] for r in group],
                        label=f'{config} (P {CONFIGS[config][0]:g})', color=colours[config])
         ax.set_title(f'{name} ({DATASETS[name]["full"]} px, reduced {DATASETS[name]["reduced"]} px)')
