@@ -213,19 +213,14 @@ def evaluate(checkpoint: Path, spec, data: Path, size: int, recal_batches: int =
 
 def recalibrate_bn(model, loader, batches: int):
     """Replace every BatchNorm's running statistics by their plain average over ``batches`` batches of
-    ``loader`` (forward passes in train mode, no gradient; the loader's order seeded)."""
+    ``loader`` (torch's ``update_bn``: train-mode forward passes, no gradient; the loader's order seeded)."""
+    import itertools
     import torch
+    from torch.optim.swa_utils import update_bn
 
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average instead of an exponential one
-    model.train()
     torch.manual_seed(0)  # the sampler's shuffle and the workers' seeds
     random.seed(0)  # the augmentations, when the loader has no workers
-    with torch.no_grad():
-        for _, (images, _) in zip(range(batches), loader):
-            model(images)
+    update_bn(itertools.islice(loader, batches), model)
     model.eval()
 
 
@@ -279,17 +274,13 @@ def report(results, out: Path):
 
 
 def _machine_line(results, out: Path) -> str:
-    import platform
-    import torch
-    import timm
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_trd import machine  # the benchmark's description of the machine, so both name it alike
+
+    m = machine()
     sittings = out / 'sittings.txt'
     wall = sum(float(v) for v in sittings.read_text().split()) if sittings.is_file() else float('nan')
-    return (f'Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, timm {timm.__version__}, '
+    return (f'Machine: {m["cpu"]}, {m["cpus"]} cores, torch {m["torch"]}, timm {m["timm"]}, '
             f'OMP_NUM_THREADS={_child_env()["OMP_NUM_THREADS"]}. {len(results)} runs, '
             f'{sum(r["train_seconds"] for r in results) / 60:.1f} min in train_one_epoch; '
             f'sittings (training, validation, reduced-size evaluation) {wall:.1f} min in all.')
