@@ -13,7 +13,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .schedule import TRDSchedule
+from .config import TRDConfigError
+from .schedule import area_ratio
 
 _logger = logging.getLogger('timm_trd')
 
@@ -29,22 +30,31 @@ class CostModel:
 
     @classmethod
     def from_area(cls, full_hw, reduced_hw) -> 'CostModel':
-        ratio = (reduced_hw[0] * reduced_hw[1]) / (full_hw[0] * full_hw[1])
-        return cls(tuple(full_hw), tuple(reduced_hw), ratio, 'area')
+        return cls(tuple(full_hw), tuple(reduced_hw), area_ratio(reduced_hw, full_hw), 'area')
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, full_hw, reduced_hw, channels: int = 3) -> 'CostModel':
-        """Count the model's forward FLOPs at both sizes; fall back to the area ratio if that fails."""
+        """Count the model's forward FLOPs at both sizes; fall back to the area ratio if the model cannot be run
+        on a plain image at full size either.
+
+        This is also the probe that the model accepts the reduced size at all: a model that runs at full size
+        and fails at the reduced one (a ViT built for 224 px only) raises :class:`TRDConfigError` with the fix,
+        before the first training step rather than at the first reduced batch.
+        """
+        full_hw, reduced_hw = tuple(full_hw), tuple(reduced_hw)
         try:
-            flops = {tuple(hw): count_forward_flops(model, hw, channels) for hw in (full_hw, reduced_hw)}
+            full_flops = count_forward_flops(model, full_hw, channels)
         except Exception as e:  # noqa: BLE001 - any model the counter cannot run falls back the same way
             _logger.warning(f'TRD: could not count FLOPs ({type(e).__name__}: {e}); using the pixel-area ratio')
             return cls.from_area(full_hw, reduced_hw)
-        if not flops[tuple(full_hw)]:
+        try:
+            reduced_flops = count_forward_flops(model, reduced_hw, channels)
+        except Exception as e:  # noqa: BLE001 - reported with the fix
+            raise TRDConfigError(_fixed_size_message(model, full_hw, reduced_hw, e)) from None
+        if not full_flops:
             _logger.warning('TRD: the FLOP counter saw no work at full size; using the pixel-area ratio')
             return cls.from_area(full_hw, reduced_hw)
-        ratio = flops[tuple(reduced_hw)] / flops[tuple(full_hw)]
-        return cls(tuple(full_hw), tuple(reduced_hw), ratio, 'flops', flops)
+        return cls(full_hw, reduced_hw, reduced_flops / full_flops, 'flops', {full_hw: full_flops, reduced_hw: reduced_flops})
 
     def epoch_share(self, reduced_batches: int, batches: int) -> float:
         """Compute of an epoch relative to the same epoch all at full size."""
@@ -52,10 +62,20 @@ class CostModel:
             return 1.0
         return (batches - reduced_batches + reduced_batches * self.reduced_ratio) / batches
 
-    def cumulative_saved(self, schedule: TRDSchedule, last_epoch: int, batches: int) -> float:
-        """Share of compute saved over epochs ``0 .. last_epoch`` against an all-full-size run."""
-        shares = [self.epoch_share(schedule.reduced_count(e, batches), batches) for e in range(last_epoch + 1)]
-        return 1.0 - sum(shares) / len(shares)
+
+
+def _fixed_size_message(model, full_hw, reduced_hw, error) -> str:
+    from timm.utils import unwrap_model
+
+    bare = unwrap_model(model)
+    name = getattr(bare, 'default_cfg', {}).get('architecture') or type(bare).__name__
+    reason = ' '.join(str(error).split())[:160] or type(error).__name__
+    if hasattr(bare, 'dynamic_img_size'):
+        fix = 'build it for any input size with --model-kwargs dynamic_img_size=True'
+    else:
+        fix = 'pick a model that accepts any input size'
+    return (f'the model ({name}) runs at {full_hw[0]}x{full_hw[1]} but not at the TRD size '
+            f'{reduced_hw[0]}x{reduced_hw[1]} ({type(error).__name__}: {reason}); {fix}, or set --trd-prob 0')
 
 
 def count_forward_flops(model: torch.nn.Module, hw, channels: int = 3) -> int:

@@ -8,6 +8,7 @@ launcher prints it and exits non-zero before any training starts.
 """
 
 import argparse
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -30,6 +31,7 @@ class TRDConfig:
     granularity: str = 'batch'
     mode: str = 'auto'
     seed: Optional[int] = None
+    bn_recal: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -45,6 +47,7 @@ class TRDConfig:
         args.trd_granularity = self.granularity
         args.trd_mode = self.mode
         args.trd_seed = self.seed
+        args.trd_bn_recal = self.bn_recal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         '--trd-seed', default=None, metavar='SEED',
         help="seed of the plan of reduced batches, the same on every rank (default: train.py's --seed)")
+    group.add_argument(
+        '--trd-bn-recal', default=0, metavar='N',
+        help='before each validation, recompute the BatchNorm running statistics of the model (and of the EMA '
+             'model) at full size over N training batches per process, averaged over the processes; the saved '
+             'checkpoints carry them (default: 0, off)')
     group.add_argument(
         '--train-script', default=None, metavar='PATH',
         help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py')
@@ -131,6 +139,9 @@ def config_from_args(args: argparse.Namespace) -> TRDConfig:
         seed = _number(seed, '--trd-seed', int)
         if seed < 0:
             raise TRDConfigError(f'--trd-seed must be >= 0, got {seed}')
+    bn_recal = _number(getattr(args, 'trd_bn_recal', 0), '--trd-bn-recal', int)
+    if bn_recal < 0:
+        raise TRDConfigError(f'--trd-bn-recal must be >= 0 (a number of batches), got {bn_recal}')
     return TRDConfig(
         prob=prob,
         size=_size(getattr(args, 'trd_size', None)),
@@ -138,29 +149,70 @@ def config_from_args(args: argparse.Namespace) -> TRDConfig:
         granularity=_choice(getattr(args, 'trd_granularity', 'batch'), '--trd-granularity', GRANULARITIES),
         mode=_choice(getattr(args, 'trd_mode', 'auto'), '--trd-mode', MODES),
         seed=seed,
+        bn_recal=bn_recal,
     )
 
 
-def total_epochs(args: argparse.Namespace) -> int:
-    """The epochs train.py runs, as timm's ``create_scheduler_v2`` counts them."""
-    epochs = int(args.epochs) + int(getattr(args, 'cooldown_epochs', 0) or 0)
-    if getattr(args, 'warmup_prefix', False):
-        epochs += int(getattr(args, 'warmup_epochs', 0) or 0)
-    return epochs
+def training_size(args: argparse.Namespace) -> Optional[Tuple[int, int]]:
+    """The training size ``(h, w)`` when the arguments fix it (``--input-size C H W`` or ``--img-size S``, in the
+    order timm's ``resolve_data_config`` reads them); None when it comes from the model's defaults."""
+    input_size = getattr(args, 'input_size', None)
+    if input_size and len(input_size) == 3:
+        return int(input_size[1]), int(input_size[2])
+    img_size = getattr(args, 'img_size', None)
+    if img_size:
+        return int(img_size), int(img_size)
+    return None
 
 
-def check_train_args(cfg: TRDConfig, args: argparse.Namespace) -> None:
-    """Reject TRD settings that conflict with the rest of train.py's arguments."""
+def check_size(size: Tuple[int, int], full_hw: Tuple[int, int]) -> None:
+    """The reduced size must be smaller than the training size in both dimensions."""
+    if size[0] >= full_hw[0] or size[1] >= full_hw[1]:
+        raise TRDConfigError(
+            f'--trd-size {size[0]}x{size[1]} is not smaller than the training size {full_hw[0]}x{full_hw[1]}; '
+            f'pick a smaller size (e.g. --trd-size {max(1, full_hw[0] // 2)})')
+
+
+# train.py options (main branch) that shape its own scheduled loader; TRD builds that loader itself
+_SCHEDULED_LOADER_OPTIONS = (
+    ('train_batch_sizes', '--train-batch-sizes', 'TRD keeps one batch size for both resolutions'),
+    ('train_size_probs', '--train-size-probs', 'it weighs the sizes of --train-img-sizes; --trd-prob sets the share'),
+    ('train_batches_per_epoch', '--train-batches-per-epoch',
+     'TRD plans each epoch over the batches of one pass through the data'),
+)
+
+
+def check_train_args(cfg: TRDConfig, args: argparse.Namespace, epochs: int) -> None:
+    """Reject TRD settings that conflict with the rest of train.py's arguments, for a run of ``epochs`` epochs
+    (the count train.py's scheduler runs, see :mod:`timm_trd.epochs`)."""
     if not cfg.enabled:
         return
     if getattr(args, 'train_img_sizes', None):
         raise TRDConfigError(
             'TRD and --train-img-sizes both schedule training resolutions; use one of them '
             '(drop --train-img-sizes, or set --trd-prob 0)')
+    for dest, option, why in _SCHEDULED_LOADER_OPTIONS:
+        if getattr(args, dest, None) is not None:
+            raise TRDConfigError(f'{option} does not work with TRD ({why}); drop {option} or set --trd-prob 0')
+    if (getattr(args, 'train_size_schedule', None) or 'constant') != 'constant':
+        raise TRDConfigError(
+            f'--train-size-schedule {args.train_size_schedule} does not work with TRD (TRD places the reduced '
+            f'batches itself); drop it or set --trd-prob 0')
     if getattr(args, 'naflex_loader', False):
         raise TRDConfigError('TRD does not work with the NaFlex loader; drop --naflex-loader or set --trd-prob 0')
-    epochs = total_epochs(args)
     if cfg.full_res_epochs >= epochs:
         raise TRDConfigError(
-            f'--trd-full-res-epochs {cfg.full_res_epochs} leaves no epoch for TRD in a run of {epochs} epochs; '
-            f'use a value below {epochs}')
+            f'--trd-full-res-epochs {cfg.full_res_epochs} leaves no epoch for TRD in a run of {epochs} epochs '
+            f'(the epochs train.py\'s scheduler runs); use a value below {epochs}')
+    full_hw = training_size(args)
+    if cfg.size is not None and full_hw is not None:
+        check_size(cfg.size, full_hw)
+
+
+def settings_without_effect(cfg: TRDConfig) -> list:
+    """The TRD options set to something other than their default while TRD is off (``--trd-prob 0``)."""
+    if cfg.enabled:
+        return []
+    default = TRDConfig()
+    return [f'--trd-{f.name.replace("_", "-")}' for f in dataclasses.fields(TRDConfig)
+            if f.name != 'prob' and getattr(cfg, f.name) != getattr(default, f.name)]

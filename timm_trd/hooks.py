@@ -1,95 +1,92 @@
 """Attach TRD to the user's own train.py at its seams, without copying any of it.
 
-:func:`install` takes the imported train.py module and replaces six of its module-level names; train.py's
-``main()`` looks each one up when it runs, so it picks up the wrapped versions:
+:func:`install` takes the imported train.py module and replaces module-level names that train.py's ``main()``
+looks up when it runs (:data:`SEAMS` lists them). This file holds the seams and nothing else; what each one
+calls lives in a module of its own:
 
-- ``parser``: gains the ``--trd-*`` options (so ``--help`` and ``-c recipe.yaml`` know them);
-- ``_parse_args``: rejects unknown keys in the ``-c`` YAML (train.py would ignore a typo silently) and
-  checks the TRD settings against the rest of the arguments, before anything is built;
-- ``create_loader``: the training loader is built for TRD (the loader path asks timm for a second,
-  smaller transform) and wrapped in a :class:`~timm_trd.loader.TRDLoader`; other loaders pass through;
+- ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.config`), so ``--help`` and ``-c`` know them;
+- ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.recipe_keys`) and the TRD settings, against the
+  epochs train.py's scheduler will run (:mod:`~timm_trd.epochs`), before anything is built;
+- ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data_path` picks
+  (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.sampler`) and wrapped in a
+  :class:`~timm_trd.loader.TRDLoader`; other loaders pass through;
+- ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
 - ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
-  to the train metrics, which train.py hands to timm's ``update_summary`` (summary.csv, wandb);
-- the task classes: their ``prepare_distributed`` stops passing ``device_ids`` for CPU devices, which
-  DDP rejects (train.py passes ``device_ids=[device]`` whatever the device).
-- ``wandb``: a ``wandb.init`` that raises (e.g. no API key) logs one warning and turns wandb off instead of
-  stopping the run (:mod:`timm_trd.wandb_guard`).
+  (:mod:`~timm_trd.report`, :mod:`~timm_trd.accounting`) to the train metrics, which train.py hands to timm's
+  ``update_summary`` (summary.csv, wandb);
+- ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first
+  (:mod:`~timm_trd.bn_recal`);
+- the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.ddp_cpu`);
+- ``wandb``: a failing ``wandb.init`` or ``wandb.log`` warns once and the run goes on (:mod:`~timm_trd.wandb_guard`).
 
-With ``--trd-prob 0`` (the default) the wrappers call straight through: same loader, same metrics.
+With ``--trd-prob 0`` (the default) the loader, epoch, scheduler and validation seams call straight through
+(same loader object, same metrics). What still acts at P 0: the ``-c`` key check (a typo stops the run), the
+CPU-DDP fix (a run that would crash runs), the wandb guard (a wandb failure no longer stops the run), and a
+warning when a ``--trd-*`` setting is given that has no effect without ``--trd-prob``.
 """
 
 import argparse
-import difflib
+import dataclasses
 import logging
 from typing import Optional
 
-import torch
 import yaml
 
 from .accounting import CostModel
-from .config import TRDConfig, TRDConfigError, add_arguments, check_train_args, config_from_args, total_epochs
+from .bn_recal import BNRecalibrator
+from .config import TRDConfig, TRDConfigError, add_arguments, check_size, check_train_args, config_from_args, \
+    settings_without_effect
+from .data_path import choose_path, loader_obstacle
+from .ddp_cpu import make_ddp_cpu_safe
+from .epochs import planned_epochs
 from .loader import TRDLoader
-from .sampler import loader_path_unavailable, trd_batch_sampler
-from .schedule import TRDSchedule, compute_share
+from .recipe_keys import check_recipe
+from .report import epoch_line, ranks_agree, start_line
+from .sampler import sampler_mismatch, trd_batch_sampler
+from .schedule import TRDSchedule
+from .static_shapes import keep_static_shapes
 from .wandb_guard import guard_wandb
 
 _logger = logging.getLogger('timm_trd')
 
-SEAMS = ('parser', '_parse_args', 'create_loader', 'train_one_epoch', 'main')
+REQUIRED = ('parser', '_parse_args', 'create_loader', 'train_one_epoch', 'main')
+"""Names a train.py must have for timm-trd to attach (``main`` is called, the others are replaced)."""
+
+SEAMS = ('parser', '_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_epoch', 'validate',
+         'wandb', 'task classes / DistributedDataParallel')
+"""What :func:`install` replaces in train.py (``create_scheduler_v2``, ``validate`` and ``wandb`` when present)."""
+
+_WRAPPED = ('_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_epoch', 'validate')
 
 
 def _is_primary(args) -> bool:
     return getattr(args, 'rank', 0) == 0
 
 
-def _cpu_only(device_ids) -> bool:
-    return bool(device_ids) and all(torch.device(d).type == 'cpu' for d in device_ids)
-
-
-def _cpu_safe_task_class(task_class):
-    """A subclass of a timm task whose ``prepare_distributed`` drops CPU ``device_ids``."""
-
-    class CpuSafeTask(task_class):
-        def prepare_distributed(self, device_ids=None, **ddp_kwargs):
-            if _cpu_only(device_ids):
-                device_ids = None
-            return super().prepare_distributed(device_ids=device_ids, **ddp_kwargs)
-
-    CpuSafeTask.__name__ = task_class.__name__
-    CpuSafeTask.__qualname__ = task_class.__qualname__
-    CpuSafeTask.__doc__ = task_class.__doc__
-    return CpuSafeTask
-
-
-def _cpu_safe_ddp(ddp_class):
-    """For train.py versions that build DDP themselves (``NativeDDP(model, device_ids=[device])``)."""
-
-    def build(module, *args, device_ids=None, **kwargs):
-        if _cpu_only(device_ids):
-            device_ids = None
-        return ddp_class(module, *args, device_ids=device_ids, **kwargs)
-
-    return build
-
-
 class TRDPlugin:
     """The state TRD keeps for one train.py run; :func:`install` creates it."""
 
     def __init__(self, train_module):
-        missing = [name for name in SEAMS if not hasattr(train_module, name)]
+        missing = [name for name in REQUIRED if not hasattr(train_module, name)]
         if missing:
             raise TRDConfigError(
                 f'{getattr(train_module, "__file__", train_module)} lacks {", ".join(missing)}: timm-trd needs the '
                 f'train.py of timm 1.0.x (tested with v1.0.28 and the main branch)')
         self.module = train_module
-        self.original = {name: getattr(train_module, name) for name in ('_parse_args', 'create_loader', 'train_one_epoch')}
+        self.original = {name: getattr(train_module, name) for name in _WRAPPED if hasattr(train_module, name)}
         self.args: Optional[argparse.Namespace] = None
         self.config: Optional[TRDConfig] = None
         self.schedule: Optional[TRDSchedule] = None
         self.loader: Optional[TRDLoader] = None
         self.cost: Optional[CostModel] = None
+        self.recalibrate: Optional[BNRecalibrator] = None
+        self.served_share = {}  # epoch -> compute share of what the loader served
         self.channels = 3
         self._warned_unwrapped = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.config is not None and self.config.enabled
 
     # -- installation -------------------------------------------------------------------------
     def install(self) -> 'TRDPlugin':
@@ -98,24 +95,17 @@ class TRDPlugin:
         m._parse_args = self.parse_args
         m.create_loader = self.create_loader
         m.train_one_epoch = self.train_one_epoch
-        self._make_ddp_cpu_safe()
+        if 'create_scheduler_v2' in self.original:
+            m.create_scheduler_v2 = self.create_scheduler_v2
+        if 'validate' in self.original:
+            m.validate = self.validate
+        make_ddp_cpu_safe(m)
         guard_wandb(m)
         return self
 
-    def _make_ddp_cpu_safe(self):
-        try:
-            from timm.task import TrainingTask
-        except ImportError:
-            TrainingTask = None
-        for name, value in list(vars(self.module).items()):
-            if TrainingTask is not None and isinstance(value, type) and issubclass(value, TrainingTask):
-                setattr(self.module, name, _cpu_safe_task_class(value))
-            elif value is torch.nn.parallel.DistributedDataParallel:
-                setattr(self.module, name, _cpu_safe_ddp(value))
-
     # -- seam: argument parsing ----------------------------------------------------------------
     def parse_args(self, *a, **kw):
-        self.check_config_keys()
+        check_recipe(self.module)
         args, args_text = self.original['_parse_args'](*a, **kw)
         self.configure(args)
         # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
@@ -123,83 +113,84 @@ class TRDPlugin:
         return args, args_text
 
     def check_config_keys(self, argv=None) -> None:
-        """Reject keys of the ``-c`` YAML that train.py's parser does not know.
-
-        train.py hands the YAML to ``parser.set_defaults``, which takes any key without a word, so a typo
-        such as ``trd_porb`` would silently train without TRD.
-        """
-        config_parser = getattr(self.module, 'config_parser', None)
-        if config_parser is None:
-            return
-        config_args, _ = config_parser.parse_known_args(argv)
-        path = getattr(config_args, 'config', None)
-        if not path:
-            return
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
-        if not isinstance(recipe, dict):
-            raise TRDConfigError(f'{path} must hold a mapping of train.py options, e.g. "trd_prob: 0.5"')
-        known = {action.dest for action in self.module.parser._actions}
-        for key in recipe:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else '; remove it or fix its spelling'
-                raise TRDConfigError(f"{path}: unknown key '{key}' (not an option of train.py or timm-trd){hint}")
+        """Reject a ``-c`` recipe train.py would mishandle (see :func:`timm_trd.recipe_keys.check_recipe`)."""
+        check_recipe(self.module, argv)
 
     def configure(self, args: argparse.Namespace) -> TRDConfig:
         """Check the parsed train.py args and set up the run's schedule (raises TRDConfigError)."""
         config = config_from_args(args)
-        check_train_args(config, args)
+        epochs = planned_epochs(args)
+        check_train_args(config, args, epochs)
         if config.enabled and config.mode == 'loader':
-            why = loader_path_unavailable() or self._loader_obstacle(
-                aug_splits=getattr(args, 'aug_splits', 0), multi_epochs=getattr(args, 'use_multi_epochs_loader', False))
-            if why:
-                raise TRDConfigError(f'--trd-mode loader cannot run: {why}; use --trd-mode device (or auto)')
+            choose_path('loader', loader_obstacle(aug_splits=getattr(args, 'aug_splits', 0),
+                                                  multi_epochs=getattr(args, 'use_multi_epochs_loader', False)))
+        if config.enabled and config.bn_recal and 'validate' not in self.original:
+            raise TRDConfigError(f'--trd-bn-recal needs a train.py with a module-level validate(); '
+                                 f'{getattr(self.module, "__file__", "this script")} has none')
         self.args, self.config = args, config
         config.write_to(args)
+        unused = settings_without_effect(config)
+        if unused and _is_primary(args):
+            _logger.warning(f'TRD is off (--trd-prob 0), so {", ".join(unused)} has no effect; add --trd-prob P '
+                            f'(e.g. --trd-prob 0.5) to train with TRD')
         if config.enabled:
             seed = config.seed if config.seed is not None else int(getattr(args, 'seed', 0) or 0)
-            self.schedule = TRDSchedule(
-                prob=config.prob, total_epochs=total_epochs(args), full_res_epochs=config.full_res_epochs,
-                granularity=config.granularity, seed=seed)
+            self.schedule = TRDSchedule(prob=config.prob, total_epochs=epochs, full_res_epochs=config.full_res_epochs,
+                                        granularity=config.granularity, seed=seed)
+            if getattr(args, 'torchcompile', None) and keep_static_shapes() and _is_primary(args):
+                _logger.info('TRD: torch.compile builds one static graph per training size '
+                             '(dynamo automatic_dynamic_shapes turned off)')
         return config
-
-    @staticmethod
-    def _loader_obstacle(dataset=None, aug_splits=0, multi_epochs=False) -> Optional[str]:
-        if dataset is not None and isinstance(dataset, torch.utils.data.IterableDataset):
-            return 'the training dataset is iterable (streamed) and the loader path needs a map-style dataset'
-        if aug_splits and aug_splits > 1:
-            return 'AugMix splits (--aug-splits) are not supported by timm\'s scheduled loader'
-        if multi_epochs:
-            return '--use-multi-epochs-loader is not supported by timm\'s scheduled loader'
-        return None
 
     # -- seam: the training loader -------------------------------------------------------------
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
-        if self.config is None or not self.config.enabled or not kw.get('is_training', False):
+        if not self.enabled or not kw.get('is_training', False):
             return create(dataset, *a, **kw)
+        self._reject_scheduled_options(kw)
         input_size = kw.get('input_size', a[0] if a else None)
         if input_size is None or len(input_size) != 3:
             raise TRDConfigError(f'TRD needs the training input size as (C, H, W), train.py passed {input_size!r}')
         self.channels = int(input_size[0])
         full_hw = (int(input_size[1]), int(input_size[2]))
         reduced_hw = self._reduced_size(full_hw)
-        path, why = self._choose_path(dataset, kw)
+        path, why = choose_path(self.config.mode, loader_obstacle(
+            dataset, kw.get('num_aug_splits', 0), kw.get('use_multi_epochs_loader', False)))
+        if self.config.bn_recal:
+            args = self.args
+            self.recalibrate = BNRecalibrator(
+                create, dataset, a, kw, self.config.bn_recal, distributed=bool(getattr(args, 'distributed', False)),
+                world_size=int(getattr(args, 'world_size', 1) or 1), channels_last=bool(getattr(args, 'channels_last', False)),
+                primary=_is_primary(args))
 
+        loader = None
         if path == 'loader':
-            kw.update(
-                input_size_choices=[(self.channels, *full_hw), (self.channels, *reduced_hw)],
-                batch_choice_weights=[1.0 - self.config.prob, self.config.prob],
-                batch_choice_seed=self.schedule.seed,
-            )
+            scheduled = dict(kw, input_size_choices=[(self.channels, *full_hw), (self.channels, *reduced_hw)],
+                             batch_choice_weights=[1.0 - self.config.prob, self.config.prob],
+                             batch_choice_seed=self.schedule.seed)
             with trd_batch_sampler(self.schedule):
-                loader = create(dataset, *a, **kw)
-        else:
+                loader = create(dataset, *a, **scheduled)
+            mismatch = sampler_mismatch(loader.batch_sampler, self.schedule)
+            if mismatch:
+                if self.config.mode == 'loader':
+                    raise TRDConfigError(f'--trd-mode loader cannot run: {mismatch}; use --trd-mode device (or auto)')
+                path, why, loader = 'device', f'auto: the loader path failed its start-up check ({mismatch})', None
+        if loader is None:
             loader = create(dataset, *a, **kw)
         self.loader = TRDLoader(loader, self.schedule, full_hw, reduced_hw, resize=path == 'device')
-        self._log_start(path, why, full_hw, reduced_hw)
+        if _is_primary(self.args):
+            _logger.info(start_line(self.config, self.schedule, path, why, full_hw, reduced_hw))
         return self.loader
+
+    @staticmethod
+    def _reject_scheduled_options(kw):
+        """train.py's own scheduled-loader arguments (checked at parse time too, for train.py's options)."""
+        given = [name for name in ('batch_size_choices', 'num_batches') if kw.get(name) is not None]
+        if (kw.get('batch_choice_schedule') or 'constant') != 'constant':
+            given.append(f'batch_choice_schedule={kw["batch_choice_schedule"]}')
+        if given:
+            raise TRDConfigError(f'TRD builds the scheduled loader itself and cannot honour create_loader\'s '
+                                 f'{", ".join(given)}; drop the train.py options that set them, or set --trd-prob 0')
 
     def _reduced_size(self, full_hw):
         size = self.config.size
@@ -207,41 +198,35 @@ class TRDPlugin:
             size = (max(1, full_hw[0] // 2), max(1, full_hw[1] // 2))
             if _is_primary(self.args):
                 _logger.info(f'TRD: no --trd-size given, using half the training size: {size[0]}x{size[1]}')
-        if size[0] >= full_hw[0] or size[1] >= full_hw[1]:
-            raise TRDConfigError(
-                f'--trd-size {size[0]}x{size[1]} is not smaller than the training size {full_hw[0]}x{full_hw[1]}; '
-                f'pick a smaller size (e.g. --trd-size {max(1, full_hw[0] // 2)})')
+        check_size(size, full_hw)  # the training size may come from the model's defaults: check again
         return size
 
-    def _choose_path(self, dataset, kw):
-        obstacle = loader_path_unavailable() or self._loader_obstacle(
-            dataset, kw.get('num_aug_splits', 0), kw.get('use_multi_epochs_loader', False))
-        if self.config.mode == 'device':
-            return 'device', 'chosen with --trd-mode device'
-        if self.config.mode == 'loader':
-            if obstacle:
-                raise TRDConfigError(f'--trd-mode loader cannot run: {obstacle}; use --trd-mode device (or auto)')
-            return 'loader', 'chosen with --trd-mode loader'
-        if obstacle:
-            return 'device', f'auto: {obstacle}'
-        return 'loader', 'auto: timm\'s scheduled sampler and a map-style dataset allow it'
+    # -- seam: the learning-rate scheduler (the number of epochs) ------------------------------
+    def create_scheduler_v2(self, *a, **kw):
+        scheduler, num_epochs = self.original['create_scheduler_v2'](*a, **kw)
+        if self.enabled:
+            self.set_total_epochs(int(num_epochs))
+        return scheduler, num_epochs
 
-    def _log_start(self, path, why, full_hw, reduced_hw):
-        if not _is_primary(self.args):
+    def set_total_epochs(self, epochs: int) -> None:
+        """Plan for the ``epochs`` train.py runs (its scheduler's count), before its first epoch."""
+        if epochs == self.schedule.total_epochs:
             return
-        s, c = self.schedule, self.config
-        ideal = compute_share(c.prob, reduced_hw, full_hw)
-        where = ('data workers crop to the small size' if path == 'loader'
-                 else 'antialiased downsample of the collated batch')
-        _logger.info(
-            f'TRD: {c.prob:g} of the batches at {reduced_hw[0]}x{reduced_hw[1]} instead of {full_hw[0]}x{full_hw[1]} '
-            f'({c.granularity} granularity, epochs 0-{s.window_epochs - 1} of {s.total_epochs}, seed {s.seed}); '
-            f'{path} path ({where}; {why}); ideal compute {ideal:.3f} of full size')
+        if self.config.full_res_epochs >= epochs:
+            raise TRDConfigError(
+                f'--trd-full-res-epochs {self.config.full_res_epochs} leaves no epoch for TRD in a run of {epochs} '
+                f'epochs (the epochs train.py\'s scheduler runs); use a value below {epochs}')
+        if _is_primary(self.args):
+            _logger.info(f'TRD: train.py\'s scheduler runs {epochs} epochs, not the {self.schedule.total_epochs} '
+                         f'counted ahead; the plan follows it')
+        self.schedule = dataclasses.replace(self.schedule, total_epochs=epochs)
+        if self.loader is not None:
+            self.loader.set_schedule(self.schedule)
 
     # -- seam: the epoch ------------------------------------------------------------------------
     def train_one_epoch(self, epoch, model, loader, *a, **kw):
         train = self.original['train_one_epoch']
-        if self.config is None or not self.config.enabled:
+        if not self.enabled:
             return train(epoch, model, loader, *a, **kw)
         if not isinstance(loader, TRDLoader):
             if not self._warned_unwrapped:
@@ -249,7 +234,7 @@ class TRDPlugin:
                 self._warned_unwrapped = True
             return train(epoch, model, loader, *a, **kw)
         loader.set_epoch(epoch)
-        if self.cost is None:
+        if self.cost is None:  # also the probe that the model runs at the reduced size, before the first step
             self.cost = CostModel.from_model(model, loader.full_hw, loader.reduced_hw, self.channels)
             if _is_primary(self.args):
                 _logger.info(
@@ -273,17 +258,10 @@ class TRDPlugin:
         if agree is False:
             _logger.warning(f'TRD: epoch {epoch}: the ranks served different size sequences; please report this')
         share = self.cost.epoch_share(reduced, batches)
-        saved = self.cost.cumulative_saved(self.schedule, epoch, len(loader))
+        self.served_share[epoch] = share
+        saved = self.saved_so_far(epoch, len(loader))
         if _is_primary(self.args):
-            rate = {hw: stats.images_per_s(hw) if stats else float('nan') for hw in (loader.full_hw, loader.reduced_hw)}
-            wait = {hw: stats.data_ms_per_batch(hw) if stats else float('nan') for hw in rate}
-            _logger.info(
-                f'TRD: epoch {epoch}: {reduced}/{batches} batches at {loader.reduced_hw[0]}x{loader.reduced_hw[1]} '
-                f'({loader.path} path), compute {share:.3f} of full size, {100 * saved:.1f}% saved so far; '
-                f'step rate {rate[loader.full_hw]:.1f} img/s full, {rate[loader.reduced_hw]:.1f} img/s reduced, '
-                f'data wait {wait[loader.full_hw]:.1f} ms / {wait[loader.reduced_hw]:.1f} ms per batch (per process)'
-                + (f'; all {torch.distributed.get_world_size()} ranks served the same sizes in the same order'
-                   if agree else ''))
+            _logger.info(epoch_line(epoch, loader, stats, reduced, batches, share, saved, agree))
         return {
             'trd_reduced_batches': reduced,
             'trd_batches': batches,
@@ -291,15 +269,19 @@ class TRDPlugin:
             'trd_saved_cum': round(saved, 6),
         }
 
+    def saved_so_far(self, last_epoch: int, batches: int) -> float:
+        """Share of compute saved over epochs ``0 .. last_epoch`` against an all-full-size run: what was served,
+        and for epochs before a resume (served by an earlier process) what the plan had them serve."""
+        shares = [self.served_share[e] if e in self.served_share
+                  else self.cost.epoch_share(self.schedule.reduced_count(e, batches), batches)
+                  for e in range(last_epoch + 1)]
+        return 1.0 - sum(shares) / len(shares)
 
-def ranks_agree(stats) -> Optional[bool]:
-    """Whether every DDP rank served the same sequence of sizes this epoch; None when not distributed."""
-    dist = torch.distributed
-    if stats is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
-    prints = [None] * dist.get_world_size()
-    dist.all_gather_object(prints, stats.fingerprint())
-    return len(set(prints)) == 1
+    # -- seam: validation -----------------------------------------------------------------------
+    def validate(self, model, *a, **kw):
+        if self.enabled and self.recalibrate is not None:
+            self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}')
+        return self.original['validate'](model, *a, **kw)
 
 
 def install(train_module) -> TRDPlugin:
@@ -307,4 +289,4 @@ def install(train_module) -> TRDPlugin:
     return TRDPlugin(train_module).install()
 
 
-__all__ = ['install', 'TRDPlugin', 'ranks_agree']
+__all__ = ['install', 'TRDPlugin', 'ranks_agree', 'REQUIRED', 'SEAMS']

@@ -1,26 +1,102 @@
 """``timm-trd-train``: run the user's timm train.py with TRD attached.
 
     timm-trd-train [--train-script PATH] <train.py arguments>
+    timm-trd-train --get-train-script [DIR]
+    timm-trd-train --help
 
-train.py is found at ``--train-script``, else ``$TIMM_TRAIN_SCRIPT``, else ``./train.py``. It is imported
-as a module (its ``if __name__ == '__main__'`` block does not run), the hooks are installed, and its
-``main()`` runs with every other argument, unchanged. Works the same under ``torchrun``.
+train.py is found at ``--train-script``, else ``$TIMM_TRAIN_SCRIPT``, else ``./train.py``, else the copy that
+``--get-train-script`` saved for the installed timm (``$XDG_CACHE_HOME/timm-trd/train-<timm version>.py``,
+``~/.cache`` without ``$XDG_CACHE_HOME``). It is imported as a module (its ``if __name__ == '__main__'``
+block does not run), the hooks are installed, and its ``main()`` runs with every other argument, unchanged.
+Works the same under ``torchrun``.
+
+``--get-train-script`` downloads the train.py of the installed timm's release tag (timm's pip package does not
+ship it, and the main branch's train.py may be ahead of, or behind, the release you run). The download is
+checked statically (parsed, never run) for the module-level names timm-trd hooks into
+(:data:`timm_trd.hooks.SEAMS`) before it is saved. ``$TIMM_TRD_TRAIN_SCRIPT_URL`` replaces the base URL
+(the raw files of timm's GitHub repository), e.g. for a mirror.
+
+``--help`` always prints the launcher's and the TRD options, and how train.py is found; when a train.py is
+found, train.py's own help follows (with the ``--trd-*`` options in it).
 """
 
+import argparse
+import ast
 import importlib.util
 import os
+import re
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
-from .config import TRDConfigError
+from .config import TRDConfigError, add_arguments
 from .hooks import install
 
 ENV_VAR = 'TIMM_TRAIN_SCRIPT'
+URL_ENV_VAR = 'TIMM_TRD_TRAIN_SCRIPT_URL'
+DEFAULT_BASE_URL = 'https://raw.githubusercontent.com/huggingface/pytorch-image-models'
+REPO_URL = 'https://github.com/huggingface/pytorch-image-models'
+GET_OPTION = '--get-train-script'
+DOWNLOAD_TIMEOUT_S = 30
 HOW_TO_GET = (
-    "timm's pip package does not ship train.py; take it from a checkout of pytorch-image-models "
-    "(git clone https://github.com/huggingface/pytorch-image-models) and pass --train-script "
-    "pytorch-image-models/train.py, or set $TIMM_TRAIN_SCRIPT")
+    f"timm's pip package does not ship train.py; run timm-trd-train {GET_OPTION} to download the one of your "
+    f"timm release, or take it from a checkout of pytorch-image-models ({REPO_URL}) and pass --train-script "
+    f"pytorch-image-models/train.py, or set ${ENV_VAR}")
+
+
+# -- where train.py comes from --------------------------------------------------------------------
+
+def timm_version() -> str:
+    import timm
+    return timm.__version__
+
+
+def release_tag(version: str) -> Optional[str]:
+    """The git tag of a timm release (``1.0.31`` -> ``v1.0.31``); None for a development or local version,
+    which has no tag of its own."""
+    return f'v{version}' if re.fullmatch(r'\d+(\.\d+)*((a|b|rc)\d+)?', version) else None
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/timm-trd``, or ``~/.cache/timm-trd``."""
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(base) / 'timm-trd'
+
+
+def cached_script_name(version: str) -> str:
+    return f'train-{version}.py'
+
+
+def cached_train_script(version: Optional[str] = None) -> Path:
+    """Where ``--get-train-script`` saves the installed timm's train.py (it may not exist)."""
+    return cache_dir() / cached_script_name(version or timm_version())
+
+
+def base_url() -> str:
+    """Where release files are downloaded from: ``$TIMM_TRD_TRAIN_SCRIPT_URL``, else timm's GitHub raw files."""
+    return (os.environ.get(URL_ENV_VAR) or DEFAULT_BASE_URL).rstrip('/')
+
+
+def train_script_url(version: str) -> str:
+    return f'{base_url()}/{release_tag(version)}/train.py'
+
+
+def search_order() -> List[Tuple[str, str]]:
+    """The places the launcher looks for train.py, in order, as (where, what is there now)."""
+    env = os.environ.get(ENV_VAR)
+    try:
+        cached = cached_train_script()
+        cached_text = str(cached) + ('' if cached.is_file() else f' (absent: run timm-trd-train {GET_OPTION})')
+    except Exception as e:  # the help must print even where timm cannot be imported
+        cached_text = f'(unknown: {e})'
+    return [
+        ('--train-script PATH', 'the path given'),
+        (f'${ENV_VAR}', env if env else '(not set)'),
+        ('./train.py', str(Path('train.py').resolve()) + ('' if Path('train.py').is_file() else ' (absent)')),
+        (f'the {GET_OPTION} cache', cached_text),
+    ]
 
 
 def split_train_script(argv: List[str]) -> Tuple[Optional[str], List[str]]:
@@ -44,7 +120,8 @@ def split_train_script(argv: List[str]) -> Tuple[Optional[str], List[str]]:
 
 
 def find_train_script(explicit: Optional[str] = None) -> Path:
-    """Resolve train.py from ``--train-script``, ``$TIMM_TRAIN_SCRIPT`` or ``./train.py``, in that order."""
+    """Resolve train.py from ``--train-script``, ``$TIMM_TRAIN_SCRIPT``, ``./train.py`` or the cache of
+    ``--get-train-script``, in that order."""
     for origin, candidate in (('--train-script', explicit), (f'${ENV_VAR}', os.environ.get(ENV_VAR))):
         if candidate:
             path = Path(candidate).expanduser()
@@ -54,7 +131,14 @@ def find_train_script(explicit: Optional[str] = None) -> Path:
     local = Path('train.py')
     if local.is_file():
         return local.resolve()
-    raise TRDConfigError(f'no train.py found (no --train-script, no ${ENV_VAR}, no ./train.py); {HOW_TO_GET}')
+    version = timm_version()
+    cached = cached_train_script(version)
+    if cached.is_file():
+        return cached.resolve()
+    others = sorted(p.name for p in cache_dir().glob(cached_script_name('*')))
+    stale = f'; {cache_dir()} holds {", ".join(others)}, not the train.py of timm {version}' if others else ''
+    raise TRDConfigError(
+        f'no train.py found (no --train-script, no ${ENV_VAR}, no ./train.py, no {cached}{stale}); {HOW_TO_GET}')
 
 
 def load_train_module(path: Path, name: str = 'timm_train_script'):
@@ -69,10 +153,169 @@ def load_train_module(path: Path, name: str = 'timm_train_script'):
     return module
 
 
+# -- --get-train-script ---------------------------------------------------------------------------
+
+def required_seams() -> Tuple[str, ...]:
+    """The module-level names of train.py that timm-trd hooks into (asked of :mod:`timm_trd.hooks`, which
+    owns the list, when needed rather than at import)."""
+    from . import hooks
+    return tuple(hooks.SEAMS)
+
+
+def module_level_names(source: str) -> set:
+    """Names a Python source binds at module level (defs, classes, assignments, imports, also inside
+    module-level ``if``/``try``), found by parsing it: nothing in it runs. Raises SyntaxError."""
+    names = set()
+
+    def visit(statements: Iterable[ast.stmt]):
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((alias.asname or alias.name).split('.')[0] for alias in node.names)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for block in ('body', 'orelse', 'finalbody'):
+                    visit(getattr(node, block, []) or [])
+                for handler in getattr(node, 'handlers', []):
+                    visit(handler.body)
+
+    visit(ast.parse(source).body)
+    return names
+
+
+def missing_seams(source: str) -> List[str]:
+    """The seams a train.py source lacks (all of them if it is not Python at all, e.g. an HTML page)."""
+    try:
+        names = module_level_names(source)
+    except SyntaxError:
+        return list(required_seams())
+    return [name for name in required_seams() if name not in names]
+
+
+def by_hand(version: str) -> str:
+    tag = release_tag(version)
+    return (f'get it by hand: git clone --branch {tag} --depth 1 {REPO_URL} '
+            f'and pass --train-script pytorch-image-models/train.py')
+
+
+def fetch_train_script(dest_dir: Optional[str] = None, version: Optional[str] = None) -> Tuple[Path, bool]:
+    """Download the train.py of timm ``version`` (default: the installed one) into ``dest_dir`` (default:
+    :func:`cache_dir`) as ``train-<version>.py``, after checking it has timm-trd's seams.
+
+    Returns (path, downloaded); a valid copy already there is kept (downloaded False). Raises TRDConfigError,
+    with a one-line message that says how to do it by hand, when there is no release tag, the download fails
+    or the file lacks a seam.
+    """
+    version = version or timm_version()
+    if release_tag(version) is None:
+        raise TRDConfigError(
+            f'timm {version} is a development version and has no release tag to take train.py from; take it from '
+            f'the main branch (git clone {REPO_URL}) and pass --train-script pytorch-image-models/train.py, '
+            f'or install a timm release (pip install -U timm)')
+    dest = (Path(dest_dir).expanduser() if dest_dir else cache_dir()) / cached_script_name(version)
+    if dest.is_file() and not missing_seams(dest.read_text(encoding='utf-8', errors='replace')):
+        return dest.resolve(), False
+    url = train_script_url(version)
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            source = response.read().decode('utf-8', errors='replace')
+    except urllib.error.HTTPError as e:
+        raise TRDConfigError(f'could not download {url} (HTTP {e.code} {e.reason}); {by_hand(version)}') from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, 'reason', e)
+        raise TRDConfigError(f'could not download {url} ({reason}); {by_hand(version)}') from None
+    missing = missing_seams(source)
+    if missing:
+        raise TRDConfigError(
+            f'{url} is not a train.py timm-trd can attach to (it lacks {", ".join(missing)}); nothing saved; '
+            f'{by_hand(version)}')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f'.{dest.name}.{os.getpid()}.part')
+    partial.write_text(source, encoding='utf-8')
+    os.replace(partial, dest)  # never leave a half-written train.py where the launcher looks
+    return dest.resolve(), True
+
+
+def get_train_script(argv: List[str]) -> None:
+    """``--get-train-script [DIR]``: fetch, then say where the file is and how the launcher finds it."""
+    if len(argv) > 1 or (argv and argv[0].startswith('-')):
+        raise TRDConfigError(f'{GET_OPTION} takes at most one folder (default: {cache_dir()}), got {" ".join(argv)}')
+    version = timm_version()
+    path, downloaded = fetch_train_script(argv[0] if argv else None, version)
+    what = f'train.py of timm {version}'
+    print(f'timm-trd: saved {what} from {train_script_url(version)} to {path}' if downloaded
+          else f'timm-trd: {what} is already at {path}')
+    if path == cached_train_script(version).resolve():
+        print(f'timm-trd-train uses it when there is no --train-script, no ${ENV_VAR} and no ./train.py')
+    else:
+        print(f'pass --train-script {path} (or set {ENV_VAR}={path}) to use it')
+
+
+# -- --help ---------------------------------------------------------------------------------------
+
+def launcher_parser(with_trd_options: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='timm-trd-train',
+        usage=f'timm-trd-train [--train-script PATH] [train.py and --trd-* options]\n'
+              f'       timm-trd-train {GET_OPTION} [DIR]',
+        description="Run timm's train.py with Temporally Resolution Decrement (TRD) attached. Every argument "
+                    "except the launcher's own goes to train.py unchanged; works the same under torchrun "
+                    "(torchrun ... -m timm_trd ...).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    group = parser.add_argument_group('launcher')
+    group.add_argument('-h', '--help', action='store_true', help='this help, then train.py\'s when one is found')
+    group.add_argument(
+        GET_OPTION, metavar='DIR', nargs='?',
+        help="download the train.py of the installed timm's release into DIR (default: the cache, see below), "
+             "check that it has the names timm-trd hooks into, and exit")
+    if with_trd_options:
+        add_arguments(parser)  # the --trd-* options as train.py will know them, and --train-script
+        for action in parser._actions:
+            if action.dest == 'train_script':
+                action.help = 'the train.py to run (see below)'
+    else:
+        group.add_argument('--train-script', metavar='PATH', help='the train.py to run (see below)')
+    order = '\n'.join(f'  {i}. {where}: {what}' for i, (where, what) in enumerate(search_order(), 1))
+    parser.epilog = (
+        f'train.py is the first of:\n{order}\n'
+        f'{GET_OPTION} downloads {base_url()}/v<timm version>/train.py\n'
+        f'(the base URL is ${URL_ENV_VAR} where set).')
+    return parser
+
+
+def print_help(rest: List[str], explicit: Optional[str]) -> None:
+    """The launcher's help; then train.py's (which exits) when one is found."""
+    try:
+        path, problem = find_train_script(explicit), None
+    except TRDConfigError as e:
+        path, problem = None, str(e)
+    launcher_parser(with_trd_options=path is None).print_help()
+    if path is None:
+        print(f'\ntimm-trd: {problem}')
+        sys.exit(0)
+    print(f"\ntrain.py: {path}; its help, with the --trd-* options, follows.\n", flush=True)
+    module = load_train_module(path)
+    install(module)
+    sys.argv = [str(path)] + rest
+    module.main()  # train.py's parser prints its help and exits
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == GET_OPTION:
+            get_train_script(argv[1:])
+            return
+        if GET_OPTION in argv:
+            raise TRDConfigError(f'{GET_OPTION} [DIR] is a command of its own: run it without other arguments')
         script, rest = split_train_script(argv)
+        if '-h' in rest or '--help' in rest:
+            print_help(rest, script)
+            return
         path = find_train_script(script)
         module = load_train_module(path)
         install(module)

@@ -5,6 +5,10 @@
 ``batch_sampler``, ``dataset``, ``mixup_enabled``. On the device path it shrinks the batches that the
 plan marks as reduced; on the loader path the workers already made them small. On both it measures
 what was really served: batches per size, images per second of step time per size, data wait.
+
+Step time is the wall time between handing a batch to train.py and its request for the next one. On an
+accelerator that is mostly kernel launches (the work runs asynchronously), so the step rate is only
+reported for batches that live on the CPU; the data wait is reported everywhere.
 """
 
 import hashlib
@@ -30,6 +34,7 @@ class EpochStats:
     epoch: int
     sizes: Dict[Tuple[int, int], SizeStats] = field(default_factory=dict)
     order: List[Tuple[int, int]] = field(default_factory=list)  # the size of each batch, in order
+    on_cpu: bool = True  # every batch was a CPU tensor, so step times are real compute times
 
     def record(self, hw: Tuple[int, int], images: int) -> SizeStats:
         self.order.append(hw)
@@ -47,14 +52,16 @@ class EpochStats:
         """A short digest of the sizes served, in order: equal on ranks that served the same sequence."""
         return hashlib.sha1(repr(self.order).encode()).hexdigest()[:16]
 
-    def data_ms_per_batch(self, hw: Tuple[int, int]) -> float:
+    def data_ms_per_batch(self, hw: Tuple[int, int]) -> Optional[float]:
+        """Mean data wait per batch of this size; None when no batch of it was served."""
         stats = self.sizes.get(hw)
-        return 1e3 * stats.data_s / stats.batches if stats and stats.batches else float('nan')
+        return 1e3 * stats.data_s / stats.batches if stats and stats.batches else None
 
-    def images_per_s(self, hw: Tuple[int, int]) -> float:
+    def images_per_s(self, hw: Tuple[int, int]) -> Optional[float]:
+        """Images per second of step time at this size; None without batches or off the CPU (see above)."""
         stats = self.sizes.get(hw)
-        if not stats or stats.step_s <= 0:
-            return float('nan')
+        if not self.on_cpu or not stats or stats.step_s <= 0:
+            return None
         return stats.images / stats.step_s
 
 
@@ -85,6 +92,14 @@ class TRDLoader:
     def path(self) -> str:
         return 'device' if self.resize else 'loader'
 
+    def set_schedule(self, schedule: TRDSchedule) -> None:
+        """Follow another plan from the next epoch on (the plugin replaces it once train.py's scheduler has
+        said how many epochs run); on the loader path timm's batch sampler follows it too."""
+        self.schedule = schedule
+        batch_sampler = getattr(self.loader, 'batch_sampler', None)
+        if hasattr(batch_sampler, 'trd_schedule'):
+            batch_sampler.trd_schedule = schedule
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose plan the next pass follows (and tell timm's scheduled sampler)."""
         self.epoch = epoch
@@ -114,6 +129,7 @@ class TRDLoader:
                 batch_input = downsample(batch_input, self.reduced_hw)
             served = time.perf_counter()
             size_stats = stats.record(_input_hw(batch_input), int(batch_input.shape[0]))
+            stats.on_cpu = stats.on_cpu and batch_input.device.type == 'cpu'
             size_stats.data_s += served - start
             yield batch_input, target
             size_stats.step_s += time.perf_counter() - served

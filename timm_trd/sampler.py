@@ -39,15 +39,19 @@ if ScheduledBatchSampler is not None:
         """timm's ``ScheduledBatchSampler`` whose per-epoch size choices follow a :class:`TRDSchedule`.
 
         Choice 0 is the full size, choice 1 the reduced size. The schedule is not shuffled again:
-        the plan already places the reduced batches at random positions.
+        the plan already places the reduced batches at random positions. timm's ``create_loader`` builds it
+        with its own arguments, so the plan comes from the class (see :func:`trd_batch_sampler`) unless given.
         """
+        default_schedule: Optional[TRDSchedule] = None
 
-        def __init__(self, sampler, *, trd_schedule: TRDSchedule, **kwargs):
+        def __init__(self, sampler, *, trd_schedule: Optional[TRDSchedule] = None, **kwargs):
             kwargs['shuffle_schedule'] = False
             super().__init__(sampler, **kwargs)
             if len(self.batch_sizes) != 2:
                 raise ValueError('TRDBatchSampler expects exactly two choices: full size, reduced size')
-            self.trd_schedule = trd_schedule
+            self.trd_schedule = trd_schedule or self.default_schedule
+            if self.trd_schedule is None:
+                raise ValueError('TRDBatchSampler needs a TRD schedule')
 
         def _create_schedule(self, epoch: int):
             plan = self.trd_schedule.plan(epoch, len(self))
@@ -59,14 +63,46 @@ else:
 
 @contextlib.contextmanager
 def trd_batch_sampler(schedule: TRDSchedule):
-    """Make timm's ``create_loader`` build a :class:`TRDBatchSampler` while the block runs."""
+    """Make timm's ``create_loader`` build a :class:`TRDBatchSampler` following ``schedule`` while the block runs.
+
+    What stands in timm's module for ``ScheduledBatchSampler`` is a class (a subclass of timm's), so
+    ``isinstance`` checks against it keep working.
+    """
     original = _timm_loader.ScheduledBatchSampler
-
-    def build(sampler, **kwargs):
-        return TRDBatchSampler(sampler, trd_schedule=schedule, **kwargs)
-
-    _timm_loader.ScheduledBatchSampler = build
+    _timm_loader.ScheduledBatchSampler = type('TRDBatchSampler', (TRDBatchSampler,), {'default_schedule': schedule})
     try:
         yield
     finally:
         _timm_loader.ScheduledBatchSampler = original
+
+
+def sampler_mismatch(batch_sampler, schedule: TRDSchedule, epoch: int = 0) -> Optional[str]:
+    """Start-up self-check of the loader path: walk one epoch of the batch sampler (indices only, no image is
+    loaded) and compare the transform choice of every batch, and the count, with the plan.
+
+    Returns what differs, or None. The walk does not disturb the training run: RNG states are restored.
+    """
+    if TRDBatchSampler is None or not isinstance(batch_sampler, TRDBatchSampler):
+        return f'timm built a {type(batch_sampler).__name__}, not the TRD batch sampler'
+    import random
+
+    import numpy as np
+    import torch
+
+    planned = schedule.plan(epoch, len(batch_sampler)).tolist()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            previous = getattr(batch_sampler, 'epoch', None)
+            batch_sampler.set_epoch(epoch)
+            served = [batch[0][1] == REDUCED for batch in batch_sampler if batch]
+            if previous is not None:
+                batch_sampler.set_epoch(previous)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    if len(served) != len(planned):
+        return f'timm\'s scheduled sampler served {len(served)} batches where the plan has {len(planned)}'
+    if served != planned:
+        return 'timm\'s scheduled sampler did not follow the TRD plan in epoch 0'
+    return None

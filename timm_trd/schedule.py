@@ -24,13 +24,14 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
-def compute_share(prob: float, reduced_hw, full_hw) -> float:
-    """The ideal compute of a TRD run relative to an all-full-size run: ``1 - p (1 - (s/S)^2)``.
+def area_ratio(reduced_hw, full_hw) -> float:
+    """Pixels of the reduced size over pixels of the full size: what a convolutional network's FLOPs follow."""
+    return (reduced_hw[0] * reduced_hw[1]) / (full_hw[0] * full_hw[1])
 
-    Uses the pixel-area ratio, which is what a convolutional network's FLOPs follow.
-    """
-    area_ratio = (reduced_hw[0] * reduced_hw[1]) / (full_hw[0] * full_hw[1])
-    return 1.0 - prob * (1.0 - area_ratio)
+
+def compute_share(prob: float, reduced_hw, full_hw) -> float:
+    """The ideal compute of a TRD run relative to an all-full-size run: ``1 - p (1 - (s/S)^2)``."""
+    return 1.0 - prob * (1.0 - area_ratio(reduced_hw, full_hw))
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class TRDSchedule:
 
     Args:
         prob: share of the batches (or epochs) inside the window that run at reduced size, in [0, 1].
-        total_epochs: epochs the run trains for (train.py's epochs + cooldown, + warmup with
-            ``--warmup-prefix``).
+        total_epochs: epochs the run trains for: the count train.py's scheduler runs
+            (see :mod:`timm_trd.epochs`).
         full_res_epochs: the last ``full_res_epochs`` epochs run entirely at full size.
         granularity: ``'batch'`` reduces single batches, ``'epoch'`` whole epochs.
         seed: the only source of randomness for the positions.

@@ -5,8 +5,9 @@ If that call raises (no API key on a cluster node, no network, a bad ``--wandb-r
 after the model, data and output folder are built. :func:`guard_wandb` replaces train.py's module-level
 ``wandb`` name with a stand-in whose ``init`` catches the error, logs one warning and sets train.py's
 ``has_wandb`` to False, which train.py reads at every epoch (``log_wandb=args.log_wandb and has_wandb``):
-the run goes on, and summary.csv still gets every metric. Without wandb installed train.py already warns
-once and goes on, so nothing is replaced then.
+the run goes on, and summary.csv still gets every metric. A ``wandb.log`` that raises later (timm's
+``update_summary`` calls it once per epoch; the network drops, the run was closed) is handled the same way.
+Without wandb installed train.py already warns once and goes on, so nothing is replaced then.
 """
 
 import logging
@@ -15,7 +16,8 @@ _logger = logging.getLogger('timm_trd')
 
 
 class GuardedWandb:
-    """Stands in for train.py's ``wandb`` module: every attribute passes through, a failing ``init`` turns wandb off."""
+    """Stands in for train.py's ``wandb`` module: every attribute passes through; a failing ``init`` or ``log``
+    turns wandb off."""
 
     def __init__(self, wandb, train_module):
         self._wandb = wandb
@@ -28,20 +30,34 @@ class GuardedWandb:
         try:
             return self._wandb.init(*args, **kwargs)
         except Exception as e:  # wandb raises UsageError, CommError, ... (and may change them)
-            reason = ' '.join(str(e).split()) or 'no message'
-            _logger.warning(
-                f'timm-trd: wandb.init failed ({type(e).__name__}: {reason}); training goes on without wandb '
-                f'(summary.csv still gets every metric). Fix the wandb setup (wandb login, WANDB_MODE=offline) '
-                f'or drop --log-wandb')
-            self._train_module.has_wandb = False
+            self._turn_off('wandb.init', e, 'Fix the wandb setup (wandb login, WANDB_MODE=offline) or drop --log-wandb')
             return None
+
+    def log(self, *args, **kwargs):
+        try:
+            return self._wandb.log(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever stops wandb must not stop the training
+            self._turn_off('wandb.log', e, 'The wandb run so far is kept; check the network or the wandb service')
+            return None
+
+    def _turn_off(self, call, error, fix):
+        reason = ' '.join(str(error).split()) or 'no message'
+        _logger.warning(
+            f'timm-trd: {call} failed ({type(error).__name__}: {reason}); training goes on without wandb '
+            f'(summary.csv still gets every metric). {fix}')
+        self._train_module.has_wandb = False
 
 
 def guard_wandb(train_module) -> bool:
-    """Guard train.py's ``wandb.init``; returns whether a guard was installed (wandb imported in train.py)."""
+    """Guard train.py's ``wandb`` (its ``init``) and the one timm's ``update_summary`` logs with; returns whether a
+    guard was installed (wandb imported in train.py)."""
     wandb = getattr(train_module, 'wandb', None)
     if wandb is None or not getattr(train_module, 'has_wandb', False):
         return False
     if not isinstance(wandb, GuardedWandb):
         train_module.wandb = GuardedWandb(wandb, train_module)
+    import timm.utils.summary as summary  # update_summary calls ``wandb.log`` of its own module
+    logger = getattr(summary, 'wandb', None)
+    if logger is not None:  # bound to this run's train.py (a test process may load several)
+        summary.wandb = GuardedWandb(logger._wandb if isinstance(logger, GuardedWandb) else logger, train_module)
     return True

@@ -1,0 +1,255 @@
+"""Cheap reduced images on the loader path: decode JPEGs at a reduced DCT scale, or read a reduced copy.
+
+On the loader path a reduced batch is cropped straight to the small size, but timm's ``ImageDataset`` still
+decodes every JPEG at full resolution, which on real photos is about 40% of an image's loading time. libjpeg
+can decode at 1/2, 1/4 or 1/8 scale for much less (``Image.draft``), so a reduced image is opened lazily
+(the header gives its size), its crop is drawn first, and the JPEG is decoded at the largest scale that still
+leaves that crop at least as many pixels as the reduced size needs (:func:`crop_scale`). The crop is then
+cut from the smaller picture at the same place (a sub-pixel box, so the region is exactly the one drawn) and
+timm's own transform does everything after it (flip, colour jitter or RandAugment, tensor, normalisation,
+random erasing). The same seed gives the same crop, interpolation, flip and jitter as timm's path; only the
+resampling source differs, so the picture is the same (see the README for the PSNR).
+
+The other rule, :func:`fixed_scale` (always decode at ``full / reduced``, e.g. 1/2 for 224 -> 112, then run
+timm's transform unchanged), is what a half-resolution copy of the dataset gives: it is faster, but a small
+crop then has fewer pixels than the reduced size and is upsampled, i.e. blurrier than today's reduced image.
+It is kept as a function for the benchmark, not as an option.
+
+With a reduced copy (:mod:`timm_trd.reduced_copy`), reduced images are read from the copy whenever the crop
+has enough pixels there, and from the original (decoded at the crop's scale) otherwise, so the copy changes
+the cost and not the picture.
+
+Full-size images, non-JPEG files (PNG, ...) and images already too small for any scale go through unchanged.
+:func:`attach` is the one call the plugin makes after timm's ``create_loader`` built the loader-path loader.
+"""
+
+import logging
+import math
+import os
+import random
+from typing import Callable, Optional, Sequence, Tuple
+
+from PIL import Image
+
+_logger = logging.getLogger('timm_trd')
+
+try:
+    from timm.data.scheduled_sampler import ScheduledTransformDataset
+except ImportError:  # timm < 1.0.29: no loader path, nothing to attach to
+    ScheduledTransformDataset = None
+from timm.data.dataset import ImageDataset
+from timm.data.transforms import RandomResizedCropAndInterpolation
+
+SCALES = (8, 4, 2, 1)  # the DCT scales libjpeg decodes at (1/8 ... 1/1)
+FULL, REDUCED = 0, 1
+
+
+def crop_scale(crop_hw: Sequence[float], out_hw: Sequence[int], scales: Sequence[int] = SCALES) -> int:
+    """The largest JPEG scale ``k`` (decode at 1/k) that leaves a ``crop_hw`` crop at least ``out_hw`` pixels."""
+    for k in scales:
+        if crop_hw[0] / k >= out_hw[0] and crop_hw[1] / k >= out_hw[1]:
+            return k
+    return 1
+
+
+def fixed_scale(full_hw: Sequence[int], reduced_hw: Sequence[int], scales: Sequence[int] = SCALES) -> int:
+    """The largest JPEG scale no larger than full / reduced (1/2 for 224 -> 112): timm's transform on a picture
+    downscaled by the same factor as the training size, i.e. what a half-resolution copy gives."""
+    ratio = min(full_hw[0] / reduced_hw[0], full_hw[1] / reduced_hw[1])
+    return next((k for k in scales if k <= ratio), 1)
+
+
+def draft(img: Image.Image, scale: int) -> int:
+    """Ask a lazily opened JPEG to decode at 1/``scale``; returns the scale it took (1: unchanged).
+
+    Anything but a not-yet-decoded JPEG is left as it is. libjpeg's picture at 1/k maps pixel ``x`` to the
+    original's ``[k x, k (x + 1))`` exactly (the last one partly), whatever the rounding of its size."""
+    if scale <= 1 or getattr(img, 'format', None) != 'JPEG' or not hasattr(img, 'draft'):
+        return 1
+    w, h = img.size
+    if w // scale < 1 or h // scale < 1:
+        return 1
+    drafted = img.draft(None, (w // scale, h // scale))
+    if drafted is None:
+        return 1
+    return int(round(w / drafted[1][2]))
+
+
+def _pil_resample(interpolation) -> int:
+    if isinstance(interpolation, int):
+        return interpolation
+    from torchvision.transforms.functional import pil_modes_mapping
+    return pil_modes_mapping[interpolation]
+
+
+class PlannedCrop:
+    """timm's ``RandomResizedCropAndInterpolation`` split in two: :meth:`draw` draws the crop on an image that
+    is only opened (its header gives the size), :meth:`apply` cuts it from the decoded, possibly smaller,
+    picture. The random draws are timm's, in timm's order (crop, then interpolation)."""
+
+    def __init__(self, rrc: RandomResizedCropAndInterpolation):
+        self.rrc = rrc
+
+    @property
+    def out_hw(self) -> Tuple[int, int]:
+        return tuple(self.rrc.size)
+
+    def draw(self, img: Image.Image) -> Tuple[int, int, int, int]:
+        return self.rrc.get_params(img, self.rrc.scale, self.rrc.ratio)
+
+    def apply(self, img: Image.Image, params, scale: Tuple[float, float] = (1.0, 1.0)) -> Image.Image:
+        """Cut the crop ``params`` (in the original's pixels) from ``img``, the original shrunk by ``scale`` (x, y)."""
+        interpolation = self.rrc.interpolation
+        if isinstance(interpolation, (tuple, list)):
+            interpolation = random.choice(interpolation)
+        i, j, h, w = params
+        sx, sy = scale
+        if sx == sy == 1:  # exactly timm's crop
+            from torchvision.transforms import functional as F
+            return F.resized_crop(img, i, j, h, w, list(self.rrc.size), interpolation)
+        box = (j / sx, i / sy, min((j + w) / sx, img.size[0]), min((i + h) / sy, img.size[1]))
+        return img.resize((self.rrc.size[1], self.rrc.size[0]), _pil_resample(interpolation), box=box)
+
+
+def split_transform(transform) -> Tuple[Optional[PlannedCrop], Optional[Callable]]:
+    """timm's training transform as (its random resized crop, the rest), or (None, None) when it does not start
+    with one (``--no-aug``, ``--train-crop-mode rkrc``, a custom transform)."""
+    steps = getattr(transform, 'transforms', None)
+    if not steps or not isinstance(steps[0], RandomResizedCropAndInterpolation):
+        return None, None
+    from torchvision import transforms as T
+    return PlannedCrop(steps[0]), T.Compose(list(steps[1:]))
+
+
+class ReducedLoading:
+    """How one reduced sample is loaded: decode at the crop's scale (``fast_decode``), from a reduced copy
+    (``copy_paths``, one per sample, or None), or both. Works on the ``(file, target, ...)`` a timm reader gives."""
+
+    def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_paths: Optional[Sequence[str]] = None,
+                 copy_scale: float = 2.0, rule: str = 'crop', full_hw=None):
+        self.crop, self.rest = split_transform(transform)
+        self.transform = transform
+        self.img_mode = img_mode
+        self.fast_decode = fast_decode
+        self.copy_paths = copy_paths
+        self.copy_scale = float(copy_scale)
+        if rule not in ('crop', 'fixed'):
+            raise ValueError(f"rule must be 'crop' or 'fixed', got {rule!r}")
+        self.rule = rule
+        self.fixed = fixed_scale(full_hw, self.crop.out_hw) if rule == 'fixed' and full_hw and self.crop else 1
+
+    @property
+    def active(self) -> bool:
+        return self.crop is not None and (self.fast_decode or self.copy_paths is not None)
+
+    def load(self, fp, index: int):
+        """The transformed reduced image from an open file (timm's reader output) of sample ``index``."""
+        if self.rule == 'fixed':
+            if self.copy_paths is not None:
+                fp = open(self.copy_paths[index], 'rb')
+                img = Image.open(fp)
+            else:
+                img = Image.open(fp)
+                draft(img, self.fixed)
+            return self.transform(img.convert(self.img_mode))
+        img = Image.open(fp)  # the header only: size and format
+        params = self.crop.draw(img)  # in the original's pixels, with timm's random draws
+        i, j, h, w = params
+        sx = sy = 1.0
+        if self.copy_paths is not None and h / self.copy_scale >= self.crop.out_hw[0] \
+                and w / self.copy_scale >= self.crop.out_hw[1]:
+            copy = Image.open(self.copy_paths[index])
+            sx, sy = img.size[0] / copy.size[0], img.size[1] / copy.size[1]
+            img = copy
+        if self.fast_decode:
+            k = draft(img, crop_scale((h / sy, w / sx), self.crop.out_hw))
+            sx, sy = sx * k, sy * k
+        img = img.convert(self.img_mode)  # decodes, at the drafted scale
+        return self.rest(self.crop.apply(img, params, (sx, sy)))
+
+
+if ScheduledTransformDataset is not None:
+    class ReducedDecodeDataset(ScheduledTransformDataset):
+        """timm's ``ScheduledTransformDataset`` whose reduced samples are loaded by :class:`ReducedLoading`;
+        full-size samples are timm's, unchanged. Made from the one timm's ``create_loader`` built
+        (:meth:`adopt`), since the ``DataLoader`` holding it cannot take another dataset."""
+
+        reduced: ReducedLoading
+
+        @classmethod
+        def adopt(cls, dataset: 'ScheduledTransformDataset', reduced: ReducedLoading) -> 'ReducedDecodeDataset':
+            dataset.__class__ = cls
+            dataset.reduced = reduced
+            return dataset
+
+        def __getitem__(self, scheduled_index):
+            index, choice = scheduled_index
+            if choice != REDUCED or not self.reduced.active:
+                return super().__getitem__(scheduled_index)
+            base = self.dataset  # timm's ImageDataset: its reader, retries, target transform, as in its __getitem__
+            for _ in range(base._max_retries):
+                try:
+                    fp, target, *features = base.reader[index]
+                    image = self.reduced.load(fp, index)
+                    break
+                except (IOError, OSError) as e:
+                    _logger.warning(f'Skipped sample (index {index}). {e}')
+                    index = (index + 1) % len(base.reader)
+            else:
+                raise RuntimeError(f'Failed to load {base._max_retries} consecutive samples')
+            if target is None:
+                target = -1
+            elif base.target_transform is not None:
+                target = base.target_transform(target)
+            return (image, target) if base.additional_features is None else (image, target, *features)
+else:
+    ReducedDecodeDataset = None
+
+
+def _scheduled_dataset(loader):
+    inner = getattr(loader, 'loader', loader)  # timm's PrefetchLoader keeps the DataLoader as .loader
+    return getattr(inner, 'dataset', None)
+
+
+def unavailable(dataset) -> Optional[str]:
+    """Why reduced loading cannot attach to this loader-path dataset, or None."""
+    if ScheduledTransformDataset is None or not isinstance(dataset, ScheduledTransformDataset):
+        return 'the loader is not timm\'s scheduled loader'
+    base = dataset.dataset
+    if type(base) is not ImageDataset:
+        return f'the dataset is a {type(base).__name__}, not timm\'s ImageDataset'
+    if base.load_bytes or not base.input_img_mode:
+        return 'the dataset returns raw bytes (load_bytes / no input_img_mode)'
+    if len(dataset.transforms) != 2 or split_transform(dataset.transforms[REDUCED])[0] is None:
+        return 'the reduced transform does not start with timm\'s RandomResizedCrop (e.g. --no-aug)'
+    return None
+
+
+def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None, log: bool = True):
+    """Make the reduced samples of a loader-path loader cheap to load; returns what it did, as one line.
+
+    ``loader`` is what timm's ``create_loader`` returned for the loader path. Raises
+    :class:`~timm_trd.config.TRDConfigError` when ``reduced_copy`` does not match the training folder."""
+    if not fast_decode and not reduced_copy:
+        return 'TRD: reduced images are decoded at full size (--no-trd-fast-decode)'
+    dataset = _scheduled_dataset(loader)
+    why = unavailable(dataset)
+    if why:
+        if reduced_copy:
+            from .config import TRDConfigError
+            raise TRDConfigError(f'--trd-reduced-copy cannot be used: {why}; drop --trd-reduced-copy')
+        return f'TRD: reduced images are decoded at full size ({why})'
+    copy_paths, copy_scale = None, 2.0
+    if reduced_copy:
+        from .reduced_copy import check_copy
+        copy_paths, copy_scale = check_copy(dataset.dataset.reader, reduced_copy)
+    reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode,
+                             fast_decode=fast_decode, copy_paths=copy_paths, copy_scale=copy_scale)
+    ReducedDecodeDataset.adopt(dataset, reduced)
+    parts = []
+    if reduced_copy:
+        parts.append(f'read from the reduced copy {reduced_copy} when the crop has enough pixels there')
+    if fast_decode:
+        parts.append('JPEGs decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves the crop enough pixels '
+                     '(--no-trd-fast-decode to turn off)')
+    return 'TRD: reduced images ' + '; '.join(parts)
