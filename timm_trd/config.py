@@ -10,6 +10,7 @@ launcher prints it and exits non-zero before any training starts.
 import argparse
 import dataclasses
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -32,6 +33,8 @@ class TRDConfig:
     mode: str = 'auto'
     seed: Optional[int] = None
     bn_recal: int = 0
+    fast_decode: bool = True
+    reduced_copy: Optional[str] = None
 
     @property
     def enabled(self) -> bool:
@@ -48,6 +51,8 @@ class TRDConfig:
         args.trd_mode = self.mode
         args.trd_seed = self.seed
         args.trd_bn_recal = self.bn_recal
+        args.trd_fast_decode = self.fast_decode
+        args.trd_reduced_copy = self.reduced_copy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +89,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              'model) at full size over N training batches per process, averaged over the processes; the saved '
              'checkpoints carry them (default: 0, off)')
     group.add_argument(
+        '--trd-fast-decode', default=True, action=argparse.BooleanOptionalAction,
+        help='loader path: decode the JPEGs of reduced batches at the largest DCT scale (1/2, 1/4, 1/8) that '
+             'leaves the crop at least the reduced size in pixels; same picture, less decoding '
+             '(default: on; --no-trd-fast-decode turns it off)')
+    group.add_argument(
+        '--trd-reduced-copy', default=None, metavar='DIR',
+        help='loader path: read reduced batches from this reduced-resolution copy of the training folder '
+             '(written by timm-trd-reduced-copy) when the crop has enough pixels there; full batches read the '
+             'original (default: none)')
+    group.add_argument(
         '--train-script', default=None, metavar='PATH',
         help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py')
 
@@ -103,6 +118,27 @@ def _number(value, option: str, kind=float):
             raise TRDConfigError(f'{option} must be a whole number, got {value!r}')
         return int(number)
     return float(number)
+
+
+def _flag(value, option: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ('true', 'yes', 'on', '1'):
+        return True
+    if text in ('false', 'no', 'off', '0'):
+        return False
+    raise TRDConfigError(f'{option} is true or false, got {value!r}')
+
+
+def _reduced_copy(value) -> Optional[str]:
+    if value is None or str(value).strip() in ('', 'None', 'null'):
+        return None
+    path = str(value)
+    if not os.path.isdir(path):
+        raise TRDConfigError(f'--trd-reduced-copy {path} is not a directory; write the copy with '
+                             f'timm-trd-reduced-copy TRAIN_FOLDER {path}')
+    return path
 
 
 def _choice(value, option: str, choices) -> str:
@@ -150,6 +186,8 @@ def config_from_args(args: argparse.Namespace) -> TRDConfig:
         mode=_choice(getattr(args, 'trd_mode', 'auto'), '--trd-mode', MODES),
         seed=seed,
         bn_recal=bn_recal,
+        fast_decode=_flag(getattr(args, 'trd_fast_decode', True), '--trd-fast-decode'),
+        reduced_copy=_reduced_copy(getattr(args, 'trd_reduced_copy', None)),
     )
 
 

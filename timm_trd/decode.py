@@ -122,16 +122,21 @@ def split_transform(transform) -> Tuple[Optional[PlannedCrop], Optional[Callable
 
 
 class ReducedLoading:
-    """How one reduced sample is loaded: decode at the crop's scale (``fast_decode``), from a reduced copy
-    (``copy_paths``, one per sample, or None), or both. Works on the ``(file, target, ...)`` a timm reader gives."""
+    """How one reduced sample is loaded: decoded at the crop's scale (``fast_decode``), read from a reduced copy
+    (``copy_dir``, holding the files of ``source_root`` ``copy_scale`` times smaller), or both.
 
-    def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_paths: Optional[Sequence[str]] = None,
-                 copy_scale: float = 2.0, rule: str = 'crop', full_hw=None):
+    ``rule`` 'crop' (the one the plugin uses) decodes at :func:`crop_scale` and reads the copy only when the
+    crop has enough pixels there; 'fixed' (for the benchmark) decodes at :func:`fixed_scale` and always reads
+    the copy. ``transform`` is timm's reduced training transform."""
+
+    def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_dir: Optional[str] = None,
+                 source_root: Optional[str] = None, copy_scale: float = 2.0, rule: str = 'crop', full_hw=None):
         self.crop, self.rest = split_transform(transform)
         self.transform = transform
         self.img_mode = img_mode
         self.fast_decode = fast_decode
-        self.copy_paths = copy_paths
+        self.copy_dir = copy_dir
+        self.source_root = source_root
         self.copy_scale = float(copy_scale)
         if rule not in ('crop', 'fixed'):
             raise ValueError(f"rule must be 'crop' or 'fixed', got {rule!r}")
@@ -140,29 +145,33 @@ class ReducedLoading:
 
     @property
     def active(self) -> bool:
-        return self.crop is not None and (self.fast_decode or self.copy_paths is not None)
+        return self.crop is not None and (self.fast_decode or self.copy_dir is not None)
 
-    def load(self, fp, index: int):
-        """The transformed reduced image from an open file (timm's reader output) of sample ``index``."""
+    def copy_path(self, source_path: str) -> Optional[str]:
+        if self.copy_dir is None:
+            return None
+        return os.path.join(self.copy_dir, os.path.relpath(source_path, self.source_root))
+
+    def scale_for(self, crop_hw) -> int:
+        """The JPEG scale to decode a crop of ``crop_hw`` pixels (of the picture at hand) at."""
         if self.rule == 'fixed':
-            if self.copy_paths is not None:
-                fp = open(self.copy_paths[index], 'rb')
-                img = Image.open(fp)
-            else:
-                img = Image.open(fp)
-                draft(img, self.fixed)
-            return self.transform(img.convert(self.img_mode))
+            return self.fixed
+        return crop_scale(crop_hw, self.crop.out_hw)
+
+    def load(self, fp, copy_path: Optional[str] = None):
+        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``."""
         img = Image.open(fp)  # the header only: size and format
         params = self.crop.draw(img)  # in the original's pixels, with timm's random draws
         i, j, h, w = params
         sx = sy = 1.0
-        if self.copy_paths is not None and h / self.copy_scale >= self.crop.out_hw[0] \
-                and w / self.copy_scale >= self.crop.out_hw[1]:
-            copy = Image.open(self.copy_paths[index])
+        from_copy = copy_path is not None and (self.rule == 'fixed' or (
+            h / self.copy_scale >= self.crop.out_hw[0] and w / self.copy_scale >= self.crop.out_hw[1]))
+        if from_copy:
+            copy = Image.open(copy_path)
             sx, sy = img.size[0] / copy.size[0], img.size[1] / copy.size[1]
             img = copy
-        if self.fast_decode:
-            k = draft(img, crop_scale((h / sy, w / sx), self.crop.out_hw))
+        if self.fast_decode and not (from_copy and self.rule == 'fixed'):
+            k = draft(img, self.scale_for((h / sy, w / sx)))
             sx, sy = sx * k, sy * k
         img = img.convert(self.img_mode)  # decodes, at the drafted scale
         return self.rest(self.crop.apply(img, params, (sx, sy)))
@@ -190,7 +199,8 @@ if ScheduledTransformDataset is not None:
             for _ in range(base._max_retries):
                 try:
                     fp, target, *features = base.reader[index]
-                    image = self.reduced.load(fp, index)
+                    copy_path = self.reduced.copy_path(base.reader.samples[index][0]) if self.reduced.copy_dir else None
+                    image = self.reduced.load(fp, copy_path)
                     break
                 except (IOError, OSError) as e:
                     _logger.warning(f'Skipped sample (index {index}). {e}')
@@ -239,12 +249,12 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
             from .config import TRDConfigError
             raise TRDConfigError(f'--trd-reduced-copy cannot be used: {why}; drop --trd-reduced-copy')
         return f'TRD: reduced images are decoded at full size ({why})'
-    copy_paths, copy_scale = None, 2.0
+    copy_dir, copy_scale, reader = None, 2.0, dataset.dataset.reader
     if reduced_copy:
         from .reduced_copy import check_copy
-        copy_paths, copy_scale = check_copy(dataset.dataset.reader, reduced_copy)
-    reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode,
-                             fast_decode=fast_decode, copy_paths=copy_paths, copy_scale=copy_scale)
+        copy_dir, copy_scale = check_copy(reader, reduced_copy)
+    reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode, fast_decode=fast_decode,
+                             copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale)
     ReducedDecodeDataset.adopt(dataset, reduced)
     parts = []
     if reduced_copy:
@@ -253,3 +263,18 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
         parts.append('JPEGs decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves the crop enough pixels '
                      '(--no-trd-fast-decode to turn off)')
     return 'TRD: reduced images ' + '; '.join(parts)
+
+
+def attach_reduced_loading(loader, path: str, config, primary: bool = True) -> Optional[str]:
+    """The plugin's one call after timm's ``create_loader``: on the loader path, :func:`attach` with the run's
+    ``--trd-fast-decode`` / ``--trd-reduced-copy``, logged once; on the device path a reduced copy is refused."""
+    if path != 'loader':
+        if config.reduced_copy:
+            from .config import TRDConfigError
+            raise TRDConfigError(f'--trd-reduced-copy needs the loader path and this run takes the {path} path; '
+                                 f'drop --trd-reduced-copy (or make the loader path possible, see --trd-mode)')
+        return None
+    line = attach(loader, fast_decode=config.fast_decode, reduced_copy=config.reduced_copy)
+    if primary:
+        _logger.info(line)
+    return line

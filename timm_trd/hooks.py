@@ -38,6 +38,7 @@ from .config import TRDConfig, TRDConfigError, add_arguments, check_size, check_
     settings_without_effect
 from .data_path import choose_path, loader_obstacle
 from .ddp_cpu import make_ddp_cpu_safe
+from .decode import attach_reduced_loading
 from .epochs import planned_epochs
 from .loader import TRDLoader
 from .recipe_keys import check_recipe
@@ -177,6 +178,7 @@ class TRDPlugin:
                 path, why, loader = 'device', f'auto: the loader path failed its start-up check ({mismatch})', None
         if loader is None:
             loader = create(dataset, *a, **kw)
+        attach_reduced_loading(loader, path, self.config, primary=_is_primary(self.args))
         self.loader = TRDLoader(loader, self.schedule, full_hw, reduced_hw, resize=path == 'device')
         if _is_primary(self.args):
             _logger.info(start_line(self.config, self.schedule, path, why, full_hw, reduced_hw))
