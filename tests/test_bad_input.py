@@ -77,6 +77,7 @@ def test_bad_value_in_a_yaml_recipe(image_folder, capsys, tmp_path):
 def test_missing_train_script_says_how_to_get_one(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv('TIMM_TRAIN_SCRIPT', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # not the user's --get-train-script download
     code, captured = run_launcher(['--trd-prob', '0.5'], capsys)
     assert_one_line_error(code, captured.out, captured.err, 'no train.py found')
     assert 'pytorch-image-models' in captured.err

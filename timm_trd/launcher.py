@@ -13,7 +13,7 @@ Works the same under ``torchrun``.
 ``--get-train-script`` downloads the train.py of the installed timm's release tag (timm's pip package does not
 ship it, and the main branch's train.py may be ahead of, or behind, the release you run). The download is
 checked statically (parsed, never run) for the module-level names timm-trd hooks into
-(:data:`timm_trd.hooks.SEAMS`) before it is saved. ``$TIMM_TRD_TRAIN_SCRIPT_URL`` replaces the base URL
+(:data:`timm_trd.hooks.REQUIRED`) before it is saved. ``$TIMM_TRD_TRAIN_SCRIPT_URL`` replaces the base URL
 (the raw files of timm's GitHub repository), e.g. for a mirror.
 
 ``--help`` always prints the launcher's and the TRD options, and how train.py is found; when a train.py is
@@ -156,10 +156,11 @@ def load_train_module(path: Path, name: str = 'timm_train_script'):
 # -- --get-train-script ---------------------------------------------------------------------------
 
 def required_seams() -> Tuple[str, ...]:
-    """The module-level names of train.py that timm-trd hooks into (asked of :mod:`timm_trd.hooks`, which
-    owns the list, when needed rather than at import)."""
+    """The module-level names a train.py needs for timm-trd to attach, asked of :mod:`timm_trd.hooks` (which
+    owns the list) when needed rather than at import: ``REQUIRED``, or ``SEAMS`` where there is no ``REQUIRED``."""
     from . import hooks
-    return tuple(hooks.SEAMS)
+    names = getattr(hooks, 'REQUIRED', None) or getattr(hooks, 'SEAMS')
+    return tuple(name for name in names if name.isidentifier())
 
 
 def module_level_names(source: str) -> set:
