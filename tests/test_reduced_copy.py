@@ -74,18 +74,25 @@ def test_copy_is_checked_against_the_training_folder(data, tmp_path):
         check_copy(reader_of(fewer), str(data / 'copy'))
 
 
-def test_reduced_image_from_the_copy_is_the_same_picture(data):
+@pytest.mark.parametrize('copy_rule', ['always', 'when-fits'])
+def test_reduced_image_from_the_copy_is_close_to_todays(data, copy_rule):
+    """Same seed, same crop: read from the copy the reduced image differs from timm's by the copy's resampling
+    and JPEG re-encoding, and a crop smaller than twice the reduced size is upsampled (the plugin's 'always'
+    rule): PSNR >= 30 dB on average. Read only when the crop fits there, every image stays >= 30 dB."""
     files = sorted((data / 'train').rglob('*.jpg'))
     transform = unit_transform(56)
-    loading = ReducedLoading(transform, 'RGB', copy_dir=str(data / 'copy' / 'train'), source_root=str(data / 'train'))
+    loading = ReducedLoading(transform, 'RGB', copy_dir=str(data / 'copy' / 'train'), source_root=str(data / 'train'),
+                             copy_rule=copy_rule)
     values = []
     for n, path in enumerate(files * 3):
         ref = same_draws(n, lambda: today(path, transform))
         fast = same_draws(n, lambda: loading.load(open(path, 'rb'), loading.copy_path(str(path))))
-        values.append(psnr(ref, fast))
-    finite = [v for v in values if math.isfinite(v)]
-    print(f'PSNR from the copy over {len(values)} crops: mean {np.mean(finite):.1f} dB, min {min(values):.1f} dB')
-    assert min(values) >= 30 and len(finite) >= len(values) // 2  # most crops came from the copy
+        values.append(min(psnr(ref, fast), 60.0))
+    print(f'PSNR from the copy ({copy_rule}) over {len(values)} crops: mean {np.mean(values):.1f} dB, '
+          f'p5 {np.percentile(values, 5):.1f} dB, min {min(values):.1f} dB')
+    assert np.mean(values) >= 30
+    if copy_rule == 'when-fits':
+        assert min(values) >= 30
 
 
 def test_options_from_the_command_line_and_yaml(data):

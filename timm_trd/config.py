@@ -96,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         '--trd-reduced-copy', default=None, metavar='DIR',
         help='loader path: read reduced batches from this reduced-resolution copy of the training folder '
-             '(written by timm-trd-reduced-copy) when the crop has enough pixels there; full batches read the '
-             'original (default: none)')
+             '(written by timm-trd-reduced-copy; checked against it at start); full batches read the original '
+             '(default: none)')
     group.add_argument(
         '--train-script', default=None, metavar='PATH',
         help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py')

@@ -15,9 +15,10 @@ timm's transform unchanged), is what a half-resolution copy of the dataset gives
 crop then has fewer pixels than the reduced size and is upsampled, i.e. blurrier than today's reduced image.
 It is kept as a function for the benchmark, not as an option.
 
-With a reduced copy (:mod:`timm_trd.reduced_copy`), reduced images are read from the copy whenever the crop
-has enough pixels there, and from the original (decoded at the crop's scale) otherwise, so the copy changes
-the cost and not the picture.
+With a reduced copy (:mod:`timm_trd.reduced_copy`), every reduced image is read from the copy (the same crop,
+in the copy's pixels): that is what approaches a quarter of a full image's cost, at the price of the fixed
+rule's picture (a crop smaller than twice the reduced size is upsampled). ``copy_rule='when-fits'`` (for the
+benchmark) reads the copy only when the crop has enough pixels there and the original otherwise.
 
 Full-size images, non-JPEG files (PNG, ...) and images already too small for any scale go through unchanged.
 :func:`attach` is the one call the plugin makes after timm's ``create_loader`` built the loader-path loader.
@@ -27,6 +28,7 @@ import logging
 import math
 import os
 import random
+import time
 from typing import Callable, Optional, Sequence, Tuple
 
 from PIL import Image
@@ -125,12 +127,14 @@ class ReducedLoading:
     """How one reduced sample is loaded: decoded at the crop's scale (``fast_decode``), read from a reduced copy
     (``copy_dir``, holding the files of ``source_root`` ``copy_scale`` times smaller), or both.
 
-    ``rule`` 'crop' (the one the plugin uses) decodes at :func:`crop_scale` and reads the copy only when the
-    crop has enough pixels there; 'fixed' (for the benchmark) decodes at :func:`fixed_scale` and always reads
-    the copy. ``transform`` is timm's reduced training transform."""
+    ``rule`` 'crop' (the one the plugin uses) decodes at :func:`crop_scale`, 'fixed' (for the benchmark) at
+    :func:`fixed_scale`. ``copy_rule`` 'always' (the plugin's) reads every reduced image from the copy (and
+    decodes it further only when the crop allows), 'when-fits' (for the benchmark) only those whose crop has
+    the reduced size in pixels there. ``transform`` is timm's reduced training transform."""
 
     def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_dir: Optional[str] = None,
-                 source_root: Optional[str] = None, copy_scale: float = 2.0, rule: str = 'crop', full_hw=None):
+                 source_root: Optional[str] = None, copy_scale: float = 2.0, rule: str = 'crop', full_hw=None,
+                 copy_rule: str = 'always'):
         self.crop, self.rest = split_transform(transform)
         self.transform = transform
         self.img_mode = img_mode
@@ -141,6 +145,9 @@ class ReducedLoading:
         if rule not in ('crop', 'fixed'):
             raise ValueError(f"rule must be 'crop' or 'fixed', got {rule!r}")
         self.rule = rule
+        if copy_rule not in ('always', 'when-fits'):
+            raise ValueError(f"copy_rule must be 'always' or 'when-fits', got {copy_rule!r}")
+        self.copy_rule = copy_rule
         self.fixed = fixed_scale(full_hw, self.crop.out_hw) if rule == 'fixed' and full_hw and self.crop else 1
 
     @property
@@ -158,23 +165,31 @@ class ReducedLoading:
             return self.fixed
         return crop_scale(crop_hw, self.crop.out_hw)
 
-    def load(self, fp, copy_path: Optional[str] = None):
-        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``."""
+    def load(self, fp, copy_path: Optional[str] = None, marks: Optional[list] = None):
+        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``.
+
+        ``marks`` (for the benchmark) gets ``time.perf_counter()`` after the decode and after the crop."""
         img = Image.open(fp)  # the header only: size and format
         params = self.crop.draw(img)  # in the original's pixels, with timm's random draws
         i, j, h, w = params
         sx = sy = 1.0
-        from_copy = copy_path is not None and (self.rule == 'fixed' or (
+        from_copy = copy_path is not None and (self.copy_rule == 'always' or (
             h / self.copy_scale >= self.crop.out_hw[0] and w / self.copy_scale >= self.crop.out_hw[1]))
         if from_copy:
             copy = Image.open(copy_path)
             sx, sy = img.size[0] / copy.size[0], img.size[1] / copy.size[1]
             img = copy
-        if self.fast_decode and not (from_copy and self.rule == 'fixed'):
-            k = draft(img, self.scale_for((h / sy, w / sx)))
+        if self.fast_decode:
+            k = crop_scale((h / sy, w / sx), self.crop.out_hw) if from_copy else self.scale_for((h, w))
+            k = draft(img, k)
             sx, sy = sx * k, sy * k
         img = img.convert(self.img_mode)  # decodes, at the drafted scale
-        return self.rest(self.crop.apply(img, params, (sx, sy)))
+        if marks is not None:
+            marks.append(time.perf_counter())
+        img = self.crop.apply(img, params, (sx, sy))
+        if marks is not None:
+            marks.append(time.perf_counter())
+        return self.rest(img)
 
 
 if ScheduledTransformDataset is not None:
@@ -258,11 +273,11 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
     ReducedDecodeDataset.adopt(dataset, reduced)
     parts = []
     if reduced_copy:
-        parts.append(f'read from the reduced copy {reduced_copy} when the crop has enough pixels there')
+        parts.append(f'read from the reduced copy {copy_dir} (1/{copy_scale:g} size)')
     if fast_decode:
         parts.append('JPEGs decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves the crop enough pixels '
                      '(--no-trd-fast-decode to turn off)')
-    return 'TRD: reduced images ' + '; '.join(parts)
+    return 'TRD: reduced images: ' + '; '.join(parts)
 
 
 def attach_reduced_loading(loader, path: str, config, primary: bool = True) -> Optional[str]:

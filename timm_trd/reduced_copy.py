@@ -6,8 +6,8 @@ Writes every image of ``SRC`` (timm's image folder layout, e.g. ``/data/imagenet
 path under ``DST``, ``scale`` times smaller on each side (Lanczos), in its own format (JPEG at ``--quality``).
 Resumable (files already written are kept; each is written under a temporary name and renamed), parallel, with
 a progress bar. A manifest ``DST/trd_reduced_copy.json`` is written last: until it exists, the copy is
-incomplete. Train with ``--trd-reduced-copy DST``: reduced batches read the copy when the crop has enough pixels
-there (see :mod:`timm_trd.decode`), full batches read the original. :func:`check_copy` refuses a copy whose
+incomplete. Train with ``--trd-reduced-copy DST``: reduced batches read the copy (the same crop, in the copy's
+pixels, see :mod:`timm_trd.decode`), full batches read the original. :func:`check_copy` refuses a copy whose
 files do not match the training folder.
 """
 
