@@ -120,12 +120,15 @@ def resolve_data(args, count: int):
     """A factory of fresh datasets of ``count`` training images, and the number of classes.
 
     Every configuration gets its own dataset object (timm's ``create_loader`` sets ``dataset.transform``),
-    all over the same images.
+    all over the same images. With ``--data-images N`` (fewer than ``count``) N distinct images are taken and
+    repeated in turn to fill ``count``: decoding and augmentation cost the same per item, and a few hundred real
+    photos then feed a GPU's long epochs.
     """
+    distinct = min(count, args.data_images) if args.data_images else count
     if args.data == 'generated':
-        root = Path(args.data_cache) / f'shapes-{args.img_size}px-{count}'
+        root = Path(args.data_cache) / f'shapes-{args.img_size}px-{distinct}'
         if not (root / 'train').is_dir():
-            make_image_folder(root, size=args.img_size, train_per_class=math.ceil(count / len(CLASSES)),
+            make_image_folder(root, size=args.img_size, train_per_class=math.ceil(distinct / len(CLASSES)),
                               val_per_class=0, seed=args.seed)
     else:
         root = Path(args.data)
@@ -138,16 +141,21 @@ def resolve_data(args, count: int):
         return create_dataset('', root=root_split[0], split=root_split[1], is_training=True)
 
     probe = base()
-    if len(probe) < count:
-        sys.exit(f'bench_trd: {root} holds {len(probe)} training images; --steps x --batch-size needs {count}')
-    indices = torch.randperm(len(probe), generator=torch.Generator().manual_seed(args.seed))[:count].tolist()
+    if len(probe) < distinct:
+        sys.exit(f'bench_trd: {root} holds {len(probe)} training images; --steps x --batch-size needs {count} '
+                 f'(or pass --data-images {len(probe)} to repeat them)')
+    chosen = torch.randperm(len(probe), generator=torch.Generator().manual_seed(args.seed))[:distinct].tolist()
+    indices = [chosen[i % distinct] for i in range(count)]
     class_to_idx = getattr(getattr(probe, 'reader', None), 'class_to_idx', None)
     num_classes = len(class_to_idx) if class_to_idx else 1000
 
     if args.in_memory:
-        samples = [(probe[i][0].convert('RGB'), probe[i][1]) for i in indices]
-        for image, _ in samples:
-            image.load()
+        decoded = {}
+        for i in chosen:
+            image, target = probe[i]
+            decoded[i] = (image.convert('RGB'), target)
+            decoded[i][0].load()
+        samples = [decoded[i] for i in indices]
         return (lambda: InMemoryImages(samples)), num_classes
     return (lambda: ImageSubset(base(), indices)), num_classes
 
@@ -164,7 +172,7 @@ class Trainer:
         self.model.train()
         self.data_config = resolve_data_config({}, model=self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
-        self.forward = torch.compile(self.model) if args.compile else self.model
+        self.forward = torch.compile(self.model, backend=args.compile_backend) if args.compile else self.model
         amp_dtype = getattr(torch, args.amp_dtype)
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
         self.scaler = torch.amp.GradScaler(device.type) if args.amp and amp_dtype == torch.float16 else None
@@ -566,10 +574,13 @@ def compile_counts():
     return dict(frames=int(counters['frames']['total']), graphs=int(counters['stats']['unique_graphs']))
 
 
-def compile_check(args, device, make_dataset, num_classes):
-    """Compilations per epoch for each TRD path, with dynamo's default and with mark_static inputs."""
+def compile_check(args, device, make_dataset, num_classes, on_result=None):
+    """Compilations per epoch for each TRD path, with dynamo's default and/or with mark_static inputs.
+
+    ``on_result(results)`` is called after each path and mode (to save what is done if a later one is cut off).
+    """
     results = []
-    for static in (False, True):
+    for static in [mode == 'mark_static' for mode in args.compile_check_modes]:
         for path in ('loader', 'device'):
             torch._dynamo.reset()
             torch.manual_seed(args.seed)
@@ -600,6 +611,8 @@ def compile_check(args, device, make_dataset, num_classes):
             print(f"compile check: {path} path, {'mark_static' if static else 'dynamo default'}: {total} graphs for "
                   f"{len(sizes)} sizes, per epoch {[e['graphs'] for e in per_epoch]}; compute ms after epoch 0 "
                   f"{ {k: round(v, 1) for k, v in medians.items()} }", flush=True)
+            if on_result is not None:
+                on_result(results)
     return results
 
 
@@ -628,6 +641,9 @@ def parse_args(argv=None):
                         "folder (with train/, or the train folder itself), e.g. an extracted imagenette-224.tar")
     p.add_argument('--data-cache', default=str(ROOT / 'outputs' / 'bench-data'), help='where generated images go')
     p.add_argument('--in-memory', action='store_true', help='decode the images once and keep them in memory')
+    p.add_argument('--data-images', type=int, default=None,
+                   help='distinct images to use (generate), repeated in turn to fill --steps x --batch-size '
+                        '(default: as many as that)')
     p.add_argument('--workers', type=int, default=2, help='data loader workers')
     p.add_argument('--aa', default=None, help="timm auto-augment policy, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment)")
     p.add_argument('--train-interpolation', default='random', help="as train.py (default 'random')")
@@ -637,8 +653,14 @@ def parse_args(argv=None):
     p.add_argument('--amp', action='store_true', help='autocast (with --amp-dtype; float16 uses a GradScaler)')
     p.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
     p.add_argument('--compile', action='store_true', help='torch.compile the model (shared by all configurations)')
+    p.add_argument('--compile-backend', default='inductor',
+                   help="torch.compile backend ('eager' traces and counts graphs without generating code)")
     p.add_argument('--compile-check', action='store_true',
                    help='count torch.compile compilations per epoch on each TRD path instead of timing')
+    p.add_argument('--compile-check-modes', nargs='+', choices=('default', 'mark_static'),
+                   default=['default', 'mark_static'],
+                   help="with --compile-check: dynamo's default (automatic dynamic shapes, as train.py "
+                        "--torchcompile runs) and/or torch._dynamo.mark_static on the input")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--threads', type=int, default=None,
                    help='torch threads in the main process (default on CPU: cores less --workers, at least 1, so the '
@@ -673,6 +695,8 @@ def main(argv=None):
         args.threads = max(1, (os.cpu_count() or 1) - args.workers)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as train.py does
     torch.manual_seed(args.seed)
     count = args.steps * args.batch_size
     make_dataset, num_classes = resolve_data(args, count)
@@ -683,7 +707,8 @@ def main(argv=None):
           f"{info['machine'].get('gpu') or info['machine']['cpu']}", flush=True)
 
     if args.compile_check:
-        info['compile_check'] = compile_check(args, device, make_dataset, num_classes)
+        info['compile_check'] = compile_check(args, device, make_dataset, num_classes,
+                                              on_result=lambda done: write(args.out, {**info, 'compile_check': done}))
         write(args.out, info)
         return info
 
