@@ -18,7 +18,9 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as NativeDDP
 
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
-from timm.models import create_model
+from timm.models import create_model, resume_checkpoint
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import CheckpointSaver, ParseKwargs
 
 config_parser = argparse.ArgumentParser(description='config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str)
@@ -33,6 +35,16 @@ parser.add_argument('--epochs', type=int, default=2)
 parser.add_argument('--cooldown-epochs', type=int, default=0)
 parser.add_argument('--warmup-epochs', type=int, default=0)
 parser.add_argument('--warmup-prefix', action='store_true', default=False)
+# the scheduler options train.py hands to timm's create_scheduler_v2 (which decides how many epochs run)
+parser.add_argument('--sched', default='cosine')
+parser.add_argument('--sched-on-updates', action='store_true', default=False)
+parser.add_argument('--decay-epochs', type=float, default=90)
+parser.add_argument('--lr-cycle-mul', type=float, default=1.0)
+parser.add_argument('--lr-cycle-limit', type=int, default=1)
+parser.add_argument('--output', default=None, help='save a checkpoint per epoch with timm\'s CheckpointSaver here')
+parser.add_argument('--resume', default=None, help='resume from a checkpoint (timm\'s resume_checkpoint)')
+parser.add_argument('--validate', action='store_true', default=False,
+                    help='after each epoch, validate on the val split through a module-level validate()')
 parser.add_argument('--seed', type=int, default=42)
 parser.add_argument('--workers', type=int, default=0)
 parser.add_argument('--no-prefetcher', action='store_true', default=False)
@@ -41,6 +53,12 @@ parser.add_argument('--cutmix', type=float, default=0.0)
 parser.add_argument('--aug-splits', type=int, default=0)
 parser.add_argument('--use-multi-epochs-loader', action='store_true', default=False)
 parser.add_argument('--train-img-sizes', type=int, nargs='+', default=None)
+# train.py's (main branch) own scheduled-loader options, handed to create_loader as train.py hands them
+parser.add_argument('--train-batch-sizes', type=int, nargs='+', default=None)
+parser.add_argument('--train-size-probs', type=float, nargs='+', default=None)
+parser.add_argument('--train-size-schedule', default='constant', choices=('constant', 'progressive'))
+parser.add_argument('--train-batches-per-epoch', type=int, default=None)
+parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
 parser.add_argument('--naflex-loader', action='store_true', default=False)
 parser.add_argument('--iterable', action='store_true', default=False,
                     help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
@@ -96,18 +114,36 @@ def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('
     return OrderedDict([('loss', total / max(count, 1))])
 
 
+def validate(model, loader, args, log_suffix=''):
+    """Top-1 on ``loader`` (the seam --trd-bn-recal hooks); records the BatchNorm running means it saw."""
+    # recorded before any forward pass (DDP would broadcast rank 0's buffers in it)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    VALIDATED.append({'suffix': log_suffix, 'bn_mean': bn.running_mean.tolist()})
+    model.eval()
+    correct = count = 0
+    with torch.no_grad():
+        for input, target in loader:
+            correct += (model(input).argmax(-1) == target).sum().item()
+            count += target.numel()
+    return OrderedDict([('top1', 100.0 * correct / max(count, 1))])
+
+
+VALIDATED = []
+
+
 def main():
     args, _ = _parse_args()
     args.prefetcher = not args.no_prefetcher
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     args.distributed = world_size > 1
+    args.world_size = world_size
     args.rank = int(os.environ.get('RANK', '0'))
     device = torch.device('cpu')
     if args.distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group('gloo')
     torch.manual_seed(args.seed + args.rank)
 
-    model = create_model(args.model, num_classes=args.num_classes)
+    model = create_model(args.model, num_classes=args.num_classes, **args.model_kwargs)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     dataset = create_dataset('', root=args.data_dir, split='train', is_training=True)
@@ -134,16 +170,38 @@ def main():
         collate_fn=collate_fn,
         num_aug_splits=args.aug_splits,
         use_multi_epochs_loader=args.use_multi_epochs_loader,
+        batch_size_choices=args.train_batch_sizes,
+        num_batches=args.train_batches_per_epoch,
+        batch_choice_schedule=args.train_size_schedule,
     )
     if args.distributed:
         model = NativeDDP(model, device_ids=[device])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    start_epoch = 0
+    if args.resume:
+        start_epoch = resume_checkpoint(model, args.resume, optimizer=optimizer, log_info=False)
+    saver = None
+    if args.output and args.rank == 0:
+        os.makedirs(args.output, exist_ok=True)
+        saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=args.output, recovery_dir=args.output)
+    loader_eval = None
+    if args.validate:
+        loader_eval = create_loader(
+            create_dataset('', root=args.data_dir, split='validation'), input_size=(3, args.img_size, args.img_size),
+            batch_size=args.batch_size, is_training=False, use_prefetcher=False, num_workers=0)
 
+    # as train.py: timm's scheduler factory says how many epochs run
+    _, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader))
     epochs = []
-    for epoch in range(args.epochs + args.cooldown_epochs):
+    for epoch in range(start_epoch, num_epochs):
         metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn)
         epochs.append(dict(metrics))
-    result = {'rank': args.rank, 'epochs': epochs, 'shapes': {str(k): v for k, v in STEPS.items()}}
+        if loader_eval is not None:
+            validate(model, loader_eval, args)
+        if saver is not None:
+            saver.save_checkpoint(epoch, metric=-float(metrics['loss']))
+    result = {'rank': args.rank, 'epochs': epochs, 'shapes': {str(k): v for k, v in STEPS.items()},
+              'num_epochs': num_epochs, 'validated': VALIDATED}
     print('MINI_RESULT ' + json.dumps(result), flush=True)
     if args.result_dir:
         with open(os.path.join(args.result_dir, f'rank{args.rank}.json'), 'w') as f:

@@ -131,7 +131,7 @@ def test_guard_passes_a_working_wandb_through():
     assert guard_wandb(module) and isinstance(module.wandb, GuardedWandb)
     assert module.wandb.init(project='p', config={'trd_prob': 0.5}) is wandb.run
     assert wandb.calls == [{'project': 'p', 'config': {'trd_prob': 0.5}}]
-    assert module.wandb.log is wandb.log and module.has_wandb is True
+    assert module.wandb.log({'epoch': 0}) == {'epoch': 0} and module.has_wandb is True
     guard_wandb(module)
     assert module.wandb._wandb is wandb  # installing twice does not wrap twice
 
@@ -144,6 +144,33 @@ def test_guard_turns_wandb_off_with_one_warning_when_init_fails(caplog):
     assert module.has_wandb is False  # train.py then passes log_wandb=False to update_summary
     (record,) = caplog.records
     assert record.getMessage().startswith(f'{GUARD_WARNING} (RuntimeError: api_key not configured (no-tty))')
+
+
+def test_a_failing_wandb_log_in_timms_update_summary_warns_once_and_the_row_is_written(tmp_path, caplog, monkeypatch):
+    import timm.utils.summary as summary
+    from timm.utils import update_summary
+
+    class ClosedRun(FakeWandb):
+        def log(self, row):
+            raise RuntimeError('You must call wandb.init() before wandb.log()')
+
+    # timm's update_summary logs with its own module's wandb (absent when wandb is not installed)
+    monkeypatch.setattr(summary, 'wandb', ClosedRun(), raising=False)
+    module = fake_train_module(ClosedRun())
+    assert guard_wandb(module) and isinstance(summary.wandb, GuardedWandb)
+    csv_path = tmp_path / 'summary.csv'
+    with caplog.at_level(logging.WARNING, logger='timm_trd'):
+        update_summary(0, {'loss': 1.0, 'trd_compute': 0.625}, {'top1': 50.0}, filename=str(csv_path),
+                       log_wandb=module.has_wandb)
+        # train.py reads has_wandb again for the next epoch: wandb is off now, nothing more is logged
+        update_summary(1, {'loss': 0.9, 'trd_compute': 0.625}, {'top1': 55.0}, filename=str(csv_path),
+                       log_wandb=module.has_wandb)
+    assert module.has_wandb is False
+    (record,) = caplog.records
+    assert record.getMessage().startswith('timm-trd: wandb.log failed (RuntimeError: You must call wandb.init()')
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [row['epoch'] for row in rows] == ['0', '1'] and rows[0]['train_trd_compute'] == '0.625'
 
 
 def test_guard_leaves_a_train_py_without_wandb_alone():

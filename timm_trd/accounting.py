@@ -89,7 +89,9 @@ def count_forward_flops(model: torch.nn.Module, hw, channels: int = 3) -> int:
     bare.eval()  # no BatchNorm statistics updated by the counting pass
     try:
         sample = torch.zeros(1, channels, *hw, device=param.device, dtype=param.dtype)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # with autograd on: torch's module tracker (inside the counter) fails on a module that gets a parameter as
+        # input under no_grad (timm ViTs); the graph of one image is dropped right after
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             bare(sample)
         return int(counter.get_total_flops())
     finally:
