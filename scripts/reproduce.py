@@ -44,7 +44,10 @@ DATASETS = {
         model='test_resnet', epochs=10, batch_size=64, lr=0.1, extra=[]),
 }
 # config name: (share of reduced batches P, epochs at the end trained entirely at full size)
-CONFIGS = {'baseline': (0.0, 0), 'trd50': (0.5, 0), 'trd90': (0.9, 0), 'trd50-tail2': (0.5, 2)}
+CONFIGS = {'baseline': (0.0, 0), 'trd50': (0.5, 0), 'trd90': (0.9, 0), 'trd50-tail2': (0.5, 2),
+           'trd90-bnrecal': (0.9, 0)}
+# further train.py arguments of a config: the plugin's BatchNorm recalibration before train.py's validation
+CONFIG_ARGS = {'trd90-bnrecal': ['--trd-bn-recal', '20']}
 DEFAULT_CONFIGS = ['baseline', 'trd50', 'trd90']
 EVAL_FRACTIONS = (0.5, 0.75)
 
@@ -104,6 +107,7 @@ def train_args(name: str, config: str, seed: int, data: Path, out: Path, run: st
     prob, tail = CONFIGS[config]
     if prob > 0:
         args += ['--trd-prob', str(prob), '--trd-size', str(spec['reduced']), '--trd-full-res-epochs', str(tail)]
+    args += CONFIG_ARGS.get(config, [])
     return args
 
 

@@ -105,6 +105,7 @@ def test_bad_input_with_timm_train_py(train_script, image_folder, tmp_path, extr
     errors = [line for line in result.stderr.splitlines() if line.startswith('timm-trd: error: ')]
     assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert 'Train: ' not in result.stdout + result.stderr
+    assert 'created, param count' not in result.stdout + result.stderr  # stopped while parsing, before the model
 
 
 @pytest.mark.parametrize('key,expected', [('trd_porb', "did you mean 'trd_prob'?"), ('zzz', 'remove it or fix its spelling')])
@@ -114,3 +115,42 @@ def test_unknown_yaml_key_is_rejected(image_folder, capsys, tmp_path, key, expec
     code, captured = run_launcher(['--train-script', str(MINI_TRAIN), '-c', str(recipe), '--data-dir', str(image_folder)], capsys)
     assert_one_line_error(code, captured.out, captured.err, f"unknown key '{key}'")
     assert expected in captured.err
+
+
+@pytest.mark.parametrize('content,expected', [
+    (None, 'cannot read the file'),
+    ('trd_prob: 0.5\ntrd_size: [24\n', 'not valid YAML at line 3'),
+    ('- trd_prob\n- 0.5\n', 'must hold a mapping of train.py options'),
+])
+def test_a_missing_or_broken_recipe_is_one_line(image_folder, capsys, tmp_path, content, expected):
+    recipe = tmp_path / 'recipe.yaml'
+    if content is not None:
+        recipe.write_text(content)
+    code, captured = run_launcher(['--train-script', str(MINI_TRAIN), '-c', str(recipe), '--data-dir', str(image_folder)],
+                                  capsys)
+    assert_one_line_error(code, captured.out, captured.err, expected)
+    assert str(recipe) in captured.err
+
+
+@pytest.mark.parametrize('extra,named', [
+    (['--trd-size', '24'], '--trd-size'),
+    (['--trd-full-res-epochs', '1', '--trd-mode', 'device'], '--trd-full-res-epochs, --trd-mode'),
+])
+def test_trd_settings_without_trd_prob_get_one_warning(image_folder, capsys, caplog, extra, named):
+    import logging
+    from timm_trd import launcher as launcher_module
+    with caplog.at_level(logging.WARNING, logger='timm_trd'):
+        launcher_module.main(['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', '40',
+                              '--epochs', '1', *extra])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f'TRD is off (--trd-prob 0), so {named} has no effect; add --trd-prob P' in warnings[0]
+    assert 'MINI_RESULT' in capsys.readouterr().out  # and training ran, without TRD
+
+
+def test_no_warning_for_a_plain_run(image_folder, capsys, caplog):
+    import logging
+    with caplog.at_level(logging.WARNING, logger='timm_trd'):
+        launcher.main(['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', '40',
+                       '--epochs', '1'])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

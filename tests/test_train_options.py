@@ -350,11 +350,14 @@ def test_train_py_step_schedule_and_cooldown(train_script, folder64, tmp_path):
 
 def test_train_py_fixed_size_vit(train_script, folder64, tmp_path):
     vit = ['--model', 'test_vit3', '--num-classes', '4', '--device', 'cpu', '-b', '8', '--workers', '0', '--epochs', '1',
-           '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '32', '--output', str(tmp_path)]
-    log = train_py(train_script, folder64, *vit, expect=2)
+           '--trd-prob', '0.5', '--output', str(tmp_path)]
+    # built for 160 px only
+    log = train_py(train_script, folder64, *vit, '--img-size', '160', '--trd-size', '80', expect=2)
     errors = [line for line in log.splitlines() if line.startswith('timm-trd: error: ')]
-    assert len(errors) == 1 and '--model-kwargs dynamic_img_size=True' in errors[0] and 'Train: 0' not in log
-    log = train_py(train_script, folder64, *vit, '--model-kwargs', 'dynamic_img_size=True', '--experiment', 'dyn')
+    assert len(errors) == 1 and 'runs at 160x160 but not at the TRD size 80x80' in errors[0]
+    assert '--model-kwargs dynamic_img_size=True' in errors[0] and 'Train: 0' not in log
+    log = train_py(train_script, folder64, *vit, '--img-size', '64', '--trd-size', '32',
+                   '--model-kwargs', 'dynamic_img_size=True', '--experiment', 'dyn')
     assert 'TRD: epoch 0: 2/4 batches at 32x32' in log
 
 

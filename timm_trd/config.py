@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              '(default: none)')
     group.add_argument(
         '--train-script', default=None, metavar='PATH',
-        help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py')
+        help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py, else the '
+             'copy timm-trd-train --get-train-script saved for the installed timm')
 
 
 def _number(value, option: str, kind=float):
@@ -251,6 +252,9 @@ def settings_without_effect(cfg: TRDConfig) -> list:
     """The TRD options set to something other than their default while TRD is off (``--trd-prob 0``)."""
     if cfg.enabled:
         return []
-    default = TRDConfig()
-    return [f'--trd-{f.name.replace("_", "-")}' for f in dataclasses.fields(TRDConfig)
-            if f.name != 'prob' and getattr(cfg, f.name) != getattr(default, f.name)]
+    default, given = TRDConfig(), []
+    for f in dataclasses.fields(TRDConfig):
+        value = getattr(cfg, f.name)
+        if f.name != 'prob' and value != getattr(default, f.name):
+            given.append(f'--{"no-" if value is False else ""}trd-{f.name.replace("_", "-")}')
+    return given

@@ -280,16 +280,14 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
     return 'TRD: reduced images: ' + '; '.join(parts)
 
 
-def attach_reduced_loading(loader, path: str, config, primary: bool = True) -> Optional[str]:
+def attach_reduced_loading(loader, path: str, config) -> Optional[str]:
     """The plugin's one call after timm's ``create_loader``: on the loader path, :func:`attach` with the run's
-    ``--trd-fast-decode`` / ``--trd-reduced-copy``, logged once; on the device path a reduced copy is refused."""
+    ``--trd-fast-decode`` / ``--trd-reduced-copy``; returns the line for the log (the plugin logs it once). On the
+    device path a reduced copy is refused."""
     if path != 'loader':
         if config.reduced_copy:
             from .config import TRDConfigError
             raise TRDConfigError(f'--trd-reduced-copy needs the loader path and this run takes the {path} path; '
                                  f'drop --trd-reduced-copy (or make the loader path possible, see --trd-mode)')
         return None
-    line = attach(loader, fast_decode=config.fast_decode, reduced_copy=config.reduced_copy)
-    if primary:
-        _logger.info(line)
-    return line
+    return attach(loader, fast_decode=config.fast_decode, reduced_copy=config.reduced_copy)

@@ -178,10 +178,12 @@ class TRDPlugin:
                 path, why, loader = 'device', f'auto: the loader path failed its start-up check ({mismatch})', None
         if loader is None:
             loader = create(dataset, *a, **kw)
-        attach_reduced_loading(loader, path, self.config, primary=_is_primary(self.args))
+        loading = attach_reduced_loading(loader, path, self.config)  # raises on a bad --trd-reduced-copy
         self.loader = TRDLoader(loader, self.schedule, full_hw, reduced_hw, resize=path == 'device')
         if _is_primary(self.args):
             _logger.info(start_line(self.config, self.schedule, path, why, full_hw, reduced_hw))
+            if loading:
+                _logger.info(loading)
         return self.loader
 
     @staticmethod
