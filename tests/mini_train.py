@@ -114,6 +114,15 @@ def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('
     return OrderedDict([('loss', total / max(count, 1))])
 
 
+def scheduled_loader_kwargs(args):
+    """train.py's own scheduled-loader options as create_loader arguments (only those given: timm < 1.0.29 has none)."""
+    kwargs = {'batch_size_choices': args.train_batch_sizes, 'num_batches': args.train_batches_per_epoch}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if args.train_size_schedule != 'constant':
+        kwargs['batch_choice_schedule'] = args.train_size_schedule
+    return kwargs
+
+
 def validate(model, loader, args, log_suffix=''):
     """Top-1 on ``loader`` (the seam --trd-bn-recal hooks); records the BatchNorm running means it saw."""
     # recorded before any forward pass (DDP would broadcast rank 0's buffers in it)
@@ -170,9 +179,8 @@ def main():
         collate_fn=collate_fn,
         num_aug_splits=args.aug_splits,
         use_multi_epochs_loader=args.use_multi_epochs_loader,
-        batch_size_choices=args.train_batch_sizes,
-        num_batches=args.train_batches_per_epoch,
-        batch_choice_schedule=args.train_size_schedule,
+        persistent_workers=args.workers > 0,  # timm 1.0.28 hands True to a DataLoader without workers, which refuses it
+        **scheduled_loader_kwargs(args),
     )
     if args.distributed:
         model = NativeDDP(model, device_ids=[device])
@@ -188,7 +196,7 @@ def main():
     if args.validate:
         loader_eval = create_loader(
             create_dataset('', root=args.data_dir, split='validation'), input_size=(3, args.img_size, args.img_size),
-            batch_size=args.batch_size, is_training=False, use_prefetcher=False, num_workers=0)
+            batch_size=args.batch_size, is_training=False, use_prefetcher=False, num_workers=0, persistent_workers=False)
 
     # as train.py: timm's scheduler factory says how many epochs run
     _, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader))

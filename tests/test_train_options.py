@@ -349,7 +349,7 @@ def test_train_py_step_schedule_and_cooldown(train_script, folder64, tmp_path):
 
 
 def test_train_py_fixed_size_vit(train_script, folder64, tmp_path):
-    vit = ['--model', 'test_vit3', '--num-classes', '4', '--device', 'cpu', '-b', '8', '--workers', '0', '--epochs', '1',
+    vit = ['--model', 'test_vit3', '--num-classes', '4', '--device', 'cpu', '-b', '8', '--workers', '1', '--epochs', '1',
            '--trd-prob', '0.5', '--output', str(tmp_path)]
     # built for 160 px only
     log = train_py(train_script, folder64, *vit, '--img-size', '160', '--trd-size', '80', expect=2)
