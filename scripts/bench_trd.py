@@ -172,7 +172,9 @@ class Trainer:
         self.model.train()
         self.data_config = resolve_data_config({}, model=self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
-        self.forward = torch.compile(self.model, backend=args.compile_backend) if args.compile else self.model
+        self.graph_kinds = []  # 'static' or 'dynamic', one per graph compiled (see recording_backend)
+        self.forward = (torch.compile(self.model, backend=recording_backend(args.compile_backend, self.graph_kinds))
+                        if args.compile else self.model)
         amp_dtype = getattr(torch, args.amp_dtype)
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
         self.scaler = torch.amp.GradScaler(device.type) if args.amp and amp_dtype == torch.float16 else None
@@ -569,20 +571,45 @@ def wrapper_overhead_us(args, batches=5000):
 
 
 # -- torch.compile check ---------------------------------------------------------------------------
+def recording_backend(backend, kinds):
+    """Wrap a torch.compile backend so that each graph it compiles is noted as 'static' (every input dimension
+    a number) or 'dynamic' (some dimension symbolic, as dynamo's automatic dynamic shapes make them)."""
+    inner = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+    def compile_graph(gm, example_inputs):
+        symbolic = any(isinstance(d, torch.SymInt) for t in example_inputs if isinstance(t, torch.Tensor)
+                       for d in t.shape)
+        symbolic = symbolic or any(isinstance(t, torch.SymInt) for t in example_inputs)
+        kinds.append('dynamic' if symbolic else 'static')
+        return inner(gm, example_inputs)
+
+    return compile_graph
+
+
 def compile_counts():
     from torch._dynamo.utils import counters
     return dict(frames=int(counters['frames']['total']), graphs=int(counters['stats']['unique_graphs']))
 
 
 def compile_check(args, device, make_dataset, num_classes, on_result=None):
-    """Compilations per epoch for each TRD path, with dynamo's default and/or with mark_static inputs.
+    """Compilations per epoch for each TRD path, and the kind of each graph (static or dynamic shapes), in the
+    modes asked: ``default`` (dynamo as it comes: automatic dynamic shapes after the first change of size),
+    ``trd`` (what the plugin sets while TRD is on under train.py's ``--torchcompile``: automatic dynamic shapes
+    off, one static graph per size), ``mark_static`` (``torch._dynamo.mark_static`` on each input).
 
     ``on_result(results)`` is called after each path and mode (to save what is done if a later one is cut off).
     """
-    results = []
-    for static in [mode == 'mark_static' for mode in args.compile_check_modes]:
+    import torch._dynamo.config as dynamo_config
+    from timm_trd.static_shapes import keep_static_shapes
+
+    results, automatic_dynamic = [], dynamo_config.automatic_dynamic_shapes
+    for mode in args.compile_check_modes:
+        static = mode == 'mark_static'
         for path in ('loader', 'device'):
             torch._dynamo.reset()
+            dynamo_config.automatic_dynamic_shapes = automatic_dynamic
+            if mode == 'trd':
+                keep_static_shapes()
             torch.manual_seed(args.seed)
             trainer = Trainer(args, device, num_classes)
             trainer.mark_static = static
@@ -603,16 +630,20 @@ def compile_check(args, device, make_dataset, num_classes, on_result=None):
             medians = {k: 1e3 * statistics.median(r['compute_s'] for r in timed if hw_key(r['hw']) == k)
                        for k in sorted({hw_key(r['hw']) for r in timed})}
             total = sum(e['graphs'] for e in per_epoch)
-            result = dict(path=path, mark_static=static, distinct_sizes=len(sizes), graphs=total,
+            kinds = {k: trainer.graph_kinds.count(k) for k in ('static', 'dynamic')}
+            result = dict(path=path, mode=mode, mark_static=static, distinct_sizes=len(sizes), graphs=total,
+                          graph_kinds=kinds,
                           graphs_after_first_epoch=sum(e['graphs'] for e in per_epoch[1:]), epochs=per_epoch,
                           compute_ms_median_after_first_epoch=medians,
                           holds=total <= len(sizes) and sum(e['graphs'] for e in per_epoch[1:]) == 0)
             results.append(result)
-            print(f"compile check: {path} path, {'mark_static' if static else 'dynamo default'}: {total} graphs for "
-                  f"{len(sizes)} sizes, per epoch {[e['graphs'] for e in per_epoch]}; compute ms after epoch 0 "
+            print(f"compile check: {path} path, {mode}: {total} graphs for {len(sizes)} sizes "
+                  f"({kinds['static']} static, {kinds['dynamic']} dynamic), per epoch {[e['graphs'] for e in per_epoch]}; "
+                  f"compute ms after epoch 0 "
                   f"{ {k: round(v, 1) for k, v in medians.items()} }", flush=True)
             if on_result is not None:
                 on_result(results)
+    dynamo_config.automatic_dynamic_shapes = automatic_dynamic
     return results
 
 
@@ -657,10 +688,10 @@ def parse_args(argv=None):
                    help="torch.compile backend ('eager' traces and counts graphs without generating code)")
     p.add_argument('--compile-check', action='store_true',
                    help='count torch.compile compilations per epoch on each TRD path instead of timing')
-    p.add_argument('--compile-check-modes', nargs='+', choices=('default', 'mark_static'),
-                   default=['default', 'mark_static'],
-                   help="with --compile-check: dynamo's default (automatic dynamic shapes, as train.py "
-                        "--torchcompile runs) and/or torch._dynamo.mark_static on the input")
+    p.add_argument('--compile-check-modes', nargs='+', choices=('default', 'trd', 'mark_static'),
+                   default=['default', 'trd'],
+                   help="with --compile-check: dynamo's default (automatic dynamic shapes), trd (what timm-trd sets "
+                        "under train.py's --torchcompile: a static graph per size), mark_static on the input")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--threads', type=int, default=None,
                    help='torch threads in the main process (default on CPU: cores less --workers, at least 1, so the '

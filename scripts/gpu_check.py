@@ -19,7 +19,7 @@ may use what earlier phases left of theirs; one that fails or runs out of time i
   trainpy-device (70)  P 0.5, AMP, channels_last, 4 epochs of 50 steps of 256 real JPEGs, all cores as workers
   bench-compute  (80)  scripts/bench_trd.py, in-memory generated images: baseline / loader / device
   bench-loader   (80)  the same on the real JPEGs, all cores as workers: data-bound reduced steps
-  compile       (120)  bench_trd.py --compile-check: graphs built per size on both paths, dynamo's default
+  compile       (120)  bench_trd.py --compile-check: graphs built per size on both paths, as the plugin sets dynamo
 
 Results (``--out``; default ``$OUT`` where the device tool sets it, else outputs/gpu_check): ``gpu_check.json``
 (everything: phases, versions, TRD log lines, summary.csv rows, the benchmarks' summaries, compile counts),
@@ -56,7 +56,7 @@ PROFILES = {
         trainpy=dict(batch=256, steps=50, epochs=4, val_per_class=2, log_interval=25),
         compute=dict(batch=256, steps=40, rounds=3, warmup=1, images=512),
         loader=dict(batch=256, steps=32, rounds=3, warmup=1),
-        compile=dict(batch=32, steps=4, rounds=2, images=64, workers=4, modes=['default']),
+        compile=dict(batch=32, steps=4, rounds=2, images=64, workers=4, modes=['trd']),
         budgets={'setup': 40, 'trainpy-loader': 70, 'trainpy-device': 70, 'bench-compute': 80, 'bench-loader': 80,
                  'compile': 120}),
     'dry': dict(
@@ -65,7 +65,7 @@ PROFILES = {
         trainpy=dict(batch=4, steps=2, epochs=2, val_per_class=1, log_interval=1),
         compute=dict(batch=4, steps=2, rounds=1, warmup=1, images=8),
         loader=dict(batch=4, steps=2, rounds=1, warmup=1),
-        compile=dict(batch=4, steps=2, rounds=2, images=8, workers=1, modes=['default']),
+        compile=dict(batch=4, steps=2, rounds=2, images=8, workers=1, modes=['trd']),
         budgets={'setup': 120, 'trainpy-loader': 150, 'trainpy-device': 150, 'bench-compute': 120,
                  'bench-loader': 120, 'compile': 120}),
 }
@@ -575,8 +575,10 @@ def summary_table(result):
     if not checks:
         row('compile', notes=e.get('reason') or '')
     for i, c in enumerate(checks):
-        row('compile', config=f"{c['path']}, {'mark_static' if c['mark_static'] else 'dynamo default'}",
-            notes=f"{c['graphs']} graphs for {c['distinct_sizes']} sizes, per epoch "
+        kinds = c.get('graph_kinds', {})
+        row('compile', config=f"{c['path']}, {c.get('mode', 'dynamo default')}",
+            notes=f"{c['graphs']} graphs ({kinds.get('static', '?')} static, {kinds.get('dynamic', '?')} dynamic) "
+                  f"for {c['distinct_sizes']} sizes, per epoch "
                   f"{[x['graphs'] for x in c['epochs']]}, {'holds' if c['holds'] else 'DOES NOT HOLD'}", first=i == 0)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines = ['| ' + ' | '.join(str(c).ljust(w) for c, w in zip(r, widths)) + ' |' for r in rows]

@@ -78,9 +78,10 @@ def test_benchmark_phases_report_ratio_ideal_and_data_wait(dry_run):
             assert c['step_ms_full'] > 0 and c['step_ms_reduced'] > 0
             assert c['data_ms_per_reduced'] is not None
     checks = result['phases']['compile']['compile_check']
-    assert [(c['path'], c['mark_static']) for c in checks] == [('loader', False), ('device', False)]
+    assert [(c['path'], c['mode']) for c in checks] == [('loader', 'trd'), ('device', 'trd')]
     for c in checks:
         assert c['distinct_sizes'] == 2 and c['graphs'] <= 2 and c['graphs_after_first_epoch'] == 0 and c['holds']
+        assert c['graph_kinds'] == {'static': c['graphs'], 'dynamic': 0}  # one static graph per size
 
 
 def test_summary_table_has_a_row_per_phase_and_configuration(dry_run):
