@@ -97,7 +97,7 @@ def test_summary_table_has_a_row_per_phase_and_configuration(dry_run):
     assert len(bench) == 6
     for r in bench:
         assert re.fullmatch(r'\d+\.\d{3}( ± \d+\.\d{3})?', r[6]) and r[7] in ('1.000', '0.625')
-    assert sum('2 graphs for 2 sizes' in line or '1 graphs for 2 sizes' in line for line in table.splitlines()) == 2
+    assert sum('2 graphs (2 static, 0 dynamic) for 2 sizes' in line for line in table.splitlines()) == 2
 
 
 def test_train_py_phases_log_trd_and_write_summary_csv(dry_run, train_script):
