@@ -113,10 +113,6 @@ class TRDPlugin:
         args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
         return args, args_text
 
-    def check_config_keys(self, argv=None) -> None:
-        """Reject a ``-c`` recipe train.py would mishandle (see :func:`timm_trd.recipe_keys.check_recipe`)."""
-        check_recipe(self.module, argv)
-
     def configure(self, args: argparse.Namespace) -> TRDConfig:
         """Check the parsed train.py args and set up the run's schedule (raises TRDConfigError)."""
         config = config_from_args(args)
