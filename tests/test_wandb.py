@@ -67,7 +67,8 @@ def test_offline_run_holds_trd_config_and_figures_per_epoch(train_script, folder
     config, history = read_run(run_dir)
 
     assert trd_dests() <= set(config)  # every trd_* setting, as train.py's args hold it
-    assert float(config['trd_prob']) == 0.5 and [int(s) for s in config['trd_size']] == [32]
+    # the checked values, as numbers (the plugin writes them back into train.py's args before wandb.init)
+    assert config['trd_prob'] == 0.5 and config['trd_size'] == 32 and config['trd_bn_recal'] == 0
     assert (config['trd_mode'], config['trd_granularity'], config['trd_full_res_epochs']) == ('auto', 'batch', 0)
     assert config['log_wandb'] is True and config['model'] == 'resnet10t'
 
