@@ -67,8 +67,8 @@ import torch.nn.functional as F
 import timm
 from timm.data import create_dataset, create_loader, resolve_data_config
 
+from timm_trd.evaluate import DatasetView
 from timm_trd.hooks import TRDPlugin
-from timm_trd.schedule import compute_share
 from timm_trd.toy_data import CLASSES, make_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,27 +81,6 @@ def timm_has_scheduled_sizes() -> bool:
 
 
 # -- data --------------------------------------------------------------------------------------------
-class ImageSubset(torch.utils.data.Dataset):
-    """A fixed subset of a timm dataset that still takes timm's ``dataset.transform`` assignment."""
-
-    def __init__(self, base, indices):
-        self.base, self.indices = base, list(indices)
-
-    @property
-    def transform(self):
-        return self.base.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.base.transform = value
-
-    def __getitem__(self, index):
-        return self.base[self.indices[index]]
-
-    def __len__(self):
-        return len(self.indices)
-
-
 class InMemoryImages(torch.utils.data.Dataset):
     """Decoded images held in memory (no file reading or JPEG decoding); transforms still run."""
 
@@ -157,7 +136,7 @@ def resolve_data(args, count: int):
             decoded[i][0].load()
         samples = [decoded[i] for i in indices]
         return (lambda: InMemoryImages(samples)), num_classes
-    return (lambda: ImageSubset(base(), indices)), num_classes
+    return (lambda: DatasetView(base(), indices)), num_classes
 
 
 # -- one training step, timed ---------------------------------------------------------------------

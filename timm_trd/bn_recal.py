@@ -14,12 +14,11 @@ touch (torch on CPU and the accelerator, Python's ``random``, NumPy) is restored
 import copy
 import itertools
 import logging
-import random
 import time
-from typing import Optional
 
-import numpy as np
 import torch
+
+from .rng import preserved_rng
 
 _logger = logging.getLogger('timm_trd')
 
@@ -54,24 +53,6 @@ def recalibrate_bn(model: torch.nn.Module, batches, num_batches: int, channels_l
     return used
 
 
-class RNGGuard:
-    """Restore torch (CPU and the given device), Python and NumPy RNG states on exit."""
-
-    def __init__(self, device: Optional[torch.device] = None):
-        self.devices = [device] if device is not None and device.type == 'cuda' else []
-
-    def __enter__(self):
-        self._fork = torch.random.fork_rng(devices=self.devices)
-        self._fork.__enter__()
-        self._py, self._np = random.getstate(), np.random.get_state()
-        return self
-
-    def __exit__(self, *exc):
-        random.setstate(self._py)
-        np.random.set_state(self._np)
-        return self._fork.__exit__(*exc)
-
-
 class BNRecalibrator:
     """Recompute BatchNorm statistics at full size before each validation train.py runs.
 
@@ -99,7 +80,7 @@ class BNRecalibrator:
         """Recalibrate ``model``; returns the seconds it took."""
         start = time.perf_counter()
         device = next(model.parameters()).device
-        with RNGGuard(device):
+        with preserved_rng(device):
             if self._loader is None:
                 self._loader = self._build()
             used = recalibrate_bn(model, iter(self._loader), self.num_batches, self.channels_last)

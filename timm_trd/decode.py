@@ -25,7 +25,6 @@ Full-size images, non-JPEG files (PNG, ...) and images already too small for any
 """
 
 import logging
-import math
 import os
 import random
 import time

@@ -42,7 +42,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 CUE_CONFLICT_NAME = ('low/high-frequency cue conflict (hybrid images: low-pass of A + high-pass of B; '
                      'a proxy for the stylised cue-conflict test of Geirhos et al. 2019)')
@@ -182,7 +181,7 @@ def shape_bias(counts: Dict[str, int]) -> float:
 
 
 # -- on a dataset ---------------------------------------------------------------------------------------------
-class _View(torch.utils.data.Dataset):
+class DatasetView(torch.utils.data.Dataset):
     """Some images of a timm dataset, in a given order. timm's ``create_loader`` sets ``transform`` on the dataset
     it gets; here that goes to this view's own shallow copy of the dataset, so views never share a transform."""
 
@@ -210,7 +209,7 @@ def dataset_targets(dataset) -> List[int]:
     samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
     if samples is not None:
         return [int(s[1]) for s in samples]
-    view = _View(dataset, range(len(dataset)))
+    view = DatasetView(dataset, range(len(dataset)))
     view.transform = None
     return [int(view[i][1]) for i in range(len(view))]
 
@@ -230,7 +229,7 @@ class _Evaluator:
     def loader(self, indices, size):
         from timm.data import create_loader
         return create_loader(
-            _View(self.dataset, indices), input_size=(self.config['input_size'][0], size, size),
+            DatasetView(self.dataset, indices), input_size=(self.config['input_size'][0], size, size),
             batch_size=self.batch_size, is_training=False, use_prefetcher=False,
             interpolation=self.config['interpolation'], mean=self.config['mean'], std=self.config['std'],
             crop_pct=self.config['crop_pct'], crop_mode=self.config.get('crop_mode'), num_workers=self.workers)
@@ -261,7 +260,8 @@ def evaluate_model(model: torch.nn.Module, data_dir: str, img_size: Optional[int
     ``img_size`` is the full test size (default: the model's, from timm's data config); ``scale`` the
     RandomResizedCrop scale of the recalibration batches (train.py's ``--scale``). Returns a JSON-able dict."""
     from timm.data import create_dataset, create_loader, resolve_data_config
-    from .bn_recal import RNGGuard, recalibrate_bn
+    from .bn_recal import recalibrate_bn
+    from .rng import preserved_rng
 
     start = time.perf_counter()
     device = torch.device(device)
@@ -282,7 +282,7 @@ def evaluate_model(model: torch.nn.Module, data_dir: str, img_size: Optional[int
     if recal_batches > 0:
         recal_model = copy.deepcopy(model)
         train_set = create_dataset('', root=str(data_dir), split=train_split, is_training=True)
-        with RNGGuard(device):
+        with preserved_rng(device):
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed)

@@ -11,6 +11,7 @@ planned positions, on every rank.
 import contextlib
 from typing import Optional
 
+from .rng import preserved_rng
 from .schedule import TRDSchedule
 
 try:
@@ -84,23 +85,13 @@ def sampler_mismatch(batch_sampler, schedule: TRDSchedule, epoch: int = 0) -> Op
     """
     if TRDBatchSampler is None or not isinstance(batch_sampler, TRDBatchSampler):
         return f'timm built a {type(batch_sampler).__name__}, not the TRD batch sampler'
-    import random
-
-    import numpy as np
-    import torch
-
     planned = schedule.plan(epoch, len(batch_sampler)).tolist()
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            previous = getattr(batch_sampler, 'epoch', None)
-            batch_sampler.set_epoch(epoch)
-            served = [batch[0][1] == REDUCED for batch in batch_sampler if batch]
-            if previous is not None:
-                batch_sampler.set_epoch(previous)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+    with preserved_rng():
+        previous = getattr(batch_sampler, 'epoch', None)
+        batch_sampler.set_epoch(epoch)
+        served = [batch[0][1] == REDUCED for batch in batch_sampler if batch]
+        if previous is not None:
+            batch_sampler.set_epoch(previous)
     if len(served) != len(planned):
         return f'timm\'s scheduled sampler served {len(served)} batches where the plan has {len(planned)}'
     if served != planned:
