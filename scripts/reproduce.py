@@ -93,11 +93,21 @@ CONFIGS = {  # in the order of the tables
     'timm-sizes50': Config("timm's random sizes, P 0.5",
                            extra=('--train-img-sizes', '{full}', '{reduced}', '--train-size-probs', '0.5', '0.5')),
     'lowres': Config('low resolution only', train_at_reduced=True),
+    'lowres-2.4x': Config('low resolution only', train_at_reduced=True, epochs_factor=2.4),
+    'lowres-4x': Config('low resolution only', train_at_reduced=True, epochs_factor=4.0),
+    # timm's own progressive schedule (small sizes early, full size late), sizes as the other arms
+    'timm-progressive': Config("timm's progressive sizes",
+                               extra=('--train-img-sizes', '{reduced}', '{full}', '--train-size-schedule',
+                                      'progressive')),
+    'timm-progressive-1.6x': Config("timm's progressive sizes", epochs_factor=1.6,
+                                    extra=('--train-img-sizes', '{reduced}', '{full}', '--train-size-schedule',
+                                           'progressive')),
 }
 DEFAULT_CONFIGS = ['baseline', 'trd50', 'trd90']
 # --frontier: Imagenette, each arm with its number of seeds (0, 1, ...)
 FRONTIER = {'baseline-0.6x': 3, 'baseline': 3, 'baseline-1.6x': 3, 'trd50': 3, 'trd50-1.6x': 3,
-            'trd90': 2, 'trd90-3x': 2, 'trd50-80px': 2, 'timm-sizes50': 2, 'lowres': 2}
+            'trd90': 2, 'trd90-3x': 2, 'trd50-80px': 2, 'timm-sizes50': 2, 'lowres': 2,
+            'lowres-2.4x': 2, 'lowres-4x': 2, 'timm-progressive': 2, 'timm-progressive-1.6x': 2}
 FRONTIER_DATASET = 'imagenette'
 EVAL_FRACTIONS = (0.5, 0.75)
 EVAL_SEED = 0  # the same probe images, pairs and tile orders for every run
