@@ -15,6 +15,7 @@ dataset, loader and accuracy code:
   another class (pairs fixed by a seed), and ``shape bias = #(prediction = class of A) / #(prediction in {A, B})``.
   It is a proxy for the stylised cue-conflict test of Geirhos et al. (2019), not that test: "shape" is the
   coarse, low-frequency content and "texture" the fine, high-frequency one.
+- with ``--cue-conflict-dir``: that test itself, on the published stimuli (:mod:`timm_trd.cue_conflict`).
 
 The transforms (:func:`low_pass`, :func:`high_pass`, :func:`hybrid`, :func:`patch_shuffle`) are a small
 functional core on batches of *normalised* tensors ``N x C x H x W``. Filtering normalised tensors is the same as
@@ -37,6 +38,7 @@ import functools
 import json
 import math
 import random
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -345,27 +347,45 @@ def _probes(run: _Evaluator, targets, indices, full, blur, shuffle, conflict_sig
     }
 
 
-def evaluate_checkpoint(checkpoint: str, data_dir: str, model_name: str, num_classes: Optional[int] = None,
-                        use_ema: bool = False, **kwargs) -> dict:
-    """Build ``model_name`` with timm, load ``checkpoint`` (timm's ``load_checkpoint``) and :func:`evaluate_model`.
-    ``num_classes`` defaults to the number of classes in the test folder."""
+def folder_classes(data_dir: str, split: str = 'val') -> Dict[str, int]:
+    """The class names and indices of an image folder's split (timm's folder reader: sorted folder names)."""
     from timm.data import create_dataset
-    from timm.models import create_model, load_checkpoint
+    reader = getattr(create_dataset('', root=str(data_dir), split=split), 'reader', None)
+    return dict(getattr(reader, 'class_to_idx', {}) or {})
 
+
+def evaluate_checkpoint(checkpoint: str, data_dir: Optional[str], model_name: str, num_classes: Optional[int] = None,
+                        use_ema: bool = False, cue_conflict_dir: Optional[str] = None,
+                        cue_conflict_map: Optional[str] = None, cue_conflict_only: bool = False, **kwargs) -> dict:
+    """Build ``model_name`` with timm, load ``checkpoint`` (timm's ``load_checkpoint``) and :func:`evaluate_model`
+    on ``data_dir``; with ``cue_conflict_dir``, also (or, with ``cue_conflict_only`` or no ``data_dir``, only) on
+    Geirhos et al.'s stimuli (:mod:`timm_trd.cue_conflict`, mapped by ``cue_conflict_map``; class names come from
+    ``data_dir``'s class folders). ``num_classes`` defaults to the number of classes in the test folder."""
+    from timm.models import create_model, load_checkpoint
+    from . import cue_conflict
+
+    stimuli = cue_conflict.find_stimuli(cue_conflict_dir) if cue_conflict_dir else None
+    raw_map = cue_conflict.read_map(cue_conflict_map) if stimuli else None
+    class_to_idx = folder_classes(data_dir, kwargs.get('split', 'val')) if data_dir else None
     if num_classes is None:
-        split = kwargs.get('split', 'val')
-        reader = getattr(create_dataset('', root=str(data_dir), split=split), 'reader', None)
-        num_classes = len(getattr(reader, 'class_to_idx', {}) or {}) or None
+        num_classes = len(class_to_idx or {}) or None
     model = create_model(model_name, **({'num_classes': num_classes} if num_classes else {}))
+    category_map = cue_conflict.resolve_map(raw_map, model.num_classes, class_to_idx) if stimuli else None
     load_checkpoint(model, str(checkpoint), use_ema=use_ema)
-    result = evaluate_model(model, data_dir, **kwargs)
-    return {'checkpoint': str(checkpoint), 'model': model_name, 'num_classes': num_classes, **result}
+    result = {'checkpoint': str(checkpoint), 'model': model_name, 'num_classes': num_classes}
+    if data_dir and not cue_conflict_only:
+        result.update(evaluate_model(model, data_dir, **kwargs))
+    if stimuli:
+        keys = ('img_size', 'crop_pct', 'batch_size', 'workers', 'device')
+        result['stimuli'] = cue_conflict.evaluate_stimuli(model, stimuli, category_map,
+                                                          **{k: kwargs[k] for k in keys if k in kwargs})
+    return result
 
 
 def flatten(result: dict) -> dict:
     """One flat row of a result (what ``scripts/reproduce.py`` stores per run): ``top1`` at full size,
     ``top1_at_<size>``, ``top1_bn_recal``, ``top1_probe_clean``, ``top1_lowpass_<sigma_rel>``,
-    ``top1_shuffle_<k>``, ``shape_bias`` and the cue conflict's counts."""
+    ``top1_shuffle_<k>``, ``shape_bias`` and the cue conflict's counts (and ``geirhos_*``: the stimuli's)."""
     full = result['test_size']
     row = {'eval_test_size': full, 'eval_images': result['images'], 'top1': round(result['top1'][str(full)], 3)}
     for size, top1 in result['top1'].items():
@@ -384,6 +404,9 @@ def flatten(result: dict) -> dict:
     row.update(shape_bias=round(conflict['shape_bias'], 4), conflict_sigma_rel=conflict['sigma_rel'],
                conflict_hybrids=conflict['hybrids'], conflict_counted=conflict['counted'],
                eval_seconds=result['seconds'])
+    if result.get('stimuli'):
+        from .cue_conflict import flatten as stimuli_row
+        row.update(stimuli_row(result['stimuli']))
     return row
 
 
@@ -419,16 +442,26 @@ def format_table(result: dict) -> str:
     return head + '\n'.join(rows)
 
 
+def format_report(result: dict) -> str:
+    """:func:`format_table` and, where measured, the table of Geirhos et al.'s stimuli."""
+    from .cue_conflict import format_table as stimuli_table
+    parts = [format_table(result) if 'top1' in result else
+             f'timm-trd-eval: {result.get("model", "model")} from {result.get("checkpoint", "(in memory)")}']
+    if result.get('stimuli'):
+        parts.append(stimuli_table(result['stimuli']))
+    return '\n\n'.join(parts)
+
+
 def run(argv=None) -> dict:
     """The command: parse ``argv``, evaluate, print the table (or the JSON); returns the result."""
     parser = argparse.ArgumentParser(
         prog='timm-trd-eval', description='Evaluate a checkpoint: top-1 at smaller test sizes, after BatchNorm '
         'recalibration, with texture removed (blur), with shape removed (patch shuffle), and a low/high-frequency '
-        'cue-conflict shape bias.')
+        'cue-conflict shape bias; with --cue-conflict-dir, the shape bias on Geirhos et al.\'s stimuli.')
     parser.add_argument('--checkpoint', required=True, help='a checkpoint timm\'s load_checkpoint reads '
                         '(train.py\'s last.pth.tar / model_best.pth.tar, or a state dict)')
-    parser.add_argument('--data-dir', required=True, help='image folder with the test split (and the training '
-                        'split, for BatchNorm recalibration)')
+    parser.add_argument('--data-dir', default=None, help='image folder with the test split (and the training '
+                        'split, for BatchNorm recalibration); optional with --cue-conflict-dir')
     parser.add_argument('--model', required=True, help='timm model name the checkpoint was trained as')
     parser.add_argument('--num-classes', type=int, default=None, help='default: the classes in the test folder')
     parser.add_argument('--img-size', type=int, default=None, help='full test size (default: the model\'s)')
@@ -454,12 +487,24 @@ def run(argv=None) -> dict:
     parser.add_argument('--workers', type=int, default=1, help='loader worker processes (default: 1)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--use-ema', action='store_true', help='load the checkpoint\'s EMA weights')
+    parser.add_argument('--cue-conflict-dir', default=None, metavar='DIR', help='also measure the shape bias on '
+                        'Geirhos et al.\'s stimuli: the stimuli/ folder of rgeirhos/texture-vs-shape (or its '
+                        'style-transfer-preprocessed-512/); without --data-dir only these are evaluated')
+    parser.add_argument('--cue-conflict-map', default=None, metavar='MAP', help='which classes stand for the 16 '
+                        'categories: imagenet (default for 1000 classes), cifar10, a JSON/YAML file '
+                        '{category: [class names or indices]} or category=class,... (names: --data-dir\'s folders)')
+    parser.add_argument('--cue-conflict-only', action='store_true', help='evaluate only the stimuli (--data-dir '
+                        'then only names the classes)')
     parser.add_argument('--json', default=None, metavar='FILE', help='also write the result as JSON ("-": print '
                         'the JSON instead of the table)')
     args = parser.parse_args(argv)
     if args.probe_images < 0 or args.recal_batches < 0 or any(s <= 0 for s in args.blur_sigmas) \
             or args.conflict_sigma <= 0 or any(k < 2 for k in args.shuffle_grids):
         parser.error('need --probe-images >= 0, --recal-batches >= 0, sigmas > 0 and shuffle grids >= 2')
+    if not args.data_dir and not args.cue_conflict_dir:
+        parser.error('give --data-dir (the test images), --cue-conflict-dir (the shape-bias stimuli) or both')
+    if (args.cue_conflict_map or args.cue_conflict_only) and not args.cue_conflict_dir:
+        parser.error('--cue-conflict-map and --cue-conflict-only need --cue-conflict-dir')
 
     result = evaluate_checkpoint(
         args.checkpoint, args.data_dir, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
@@ -467,11 +512,13 @@ def run(argv=None) -> dict:
         recal_batch_size=args.recal_batch_size, scale=args.scale, blur=args.blur_sigmas, shuffle=args.shuffle_grids,
         conflict_sigma=args.conflict_sigma, probe_images=args.probe_images or None, max_images=args.max_images,
         seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        crop_pct=args.crop_pct, split=args.split, train_split=args.train_split)
+        crop_pct=args.crop_pct, split=args.split, train_split=args.train_split,
+        cue_conflict_dir=args.cue_conflict_dir, cue_conflict_map=args.cue_conflict_map,
+        cue_conflict_only=args.cue_conflict_only)
     if args.json == '-':
         print(json.dumps(result, indent=1))
         return result
-    print(format_table(result), flush=True)
+    print(format_report(result), flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)
@@ -479,7 +526,12 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None):
-    run(argv)
+    from .config import TRDConfigError
+    try:
+        run(argv)
+    except TRDConfigError as e:
+        print(f'timm-trd-eval: error: {e}', file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == '__main__':
