@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as NativeDDP
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from timm.models import create_model, resume_checkpoint
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import CheckpointSaver, ParseKwargs
+from timm.utils import CheckpointSaver, ParseKwargs, setup_default_logging
 
 config_parser = argparse.ArgumentParser(description='config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str)
@@ -64,6 +64,9 @@ parser.add_argument('--iterable', action='store_true', default=False,
                     help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
 parser.add_argument('--channels-last', action='store_true', default=False)
 parser.add_argument('--result-dir', default=None, help='also write the record to RESULT_DIR/rank<N>.json')
+parser.add_argument('--log-info', action='store_true', default=False,
+                    help='log INFO lines (timm-trd\'s TRD: lines) to stderr, as train.py does with setup_default_logging; '
+                         'off by default, so that tests calling main() in-process keep pytest\'s logging')
 
 STEPS = {}  # epoch -> list of input shapes seen by the training loop
 
@@ -142,6 +145,8 @@ VALIDATED = []
 
 def main():
     args, _ = _parse_args()
+    if args.log_info:
+        setup_default_logging()
     args.prefetcher = not args.no_prefetcher
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     args.distributed = world_size > 1
