@@ -1,11 +1,12 @@
 import itertools
-import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from timm_trd.launcher import load_train_module
+from timm_trd.config import TRDConfigError
+from timm_trd.launcher import load_train_module, locate_train_script
 from timm_trd.sampler import loader_path_unavailable
 from timm_trd.toy_data import make_image_folder
 
@@ -33,12 +34,30 @@ def mini_train():
     sys.modules.pop(name, None)
 
 
+GET_TRAIN_SCRIPT = 'timm-trd-train --get-train-script'
+NO_TRAIN_SCRIPT = (f"needs timm's train.py: run `{GET_TRAIN_SCRIPT}` once (the tests then find it, as timm-trd-train "
+                   f"does; or set TIMM_TRAIN_SCRIPT)")
+
+
+def found_train_script() -> Optional[Path]:
+    """timm's real train.py, looked for as timm-trd-train looks ($TIMM_TRAIN_SCRIPT, ./train.py, the copy
+    ``timm-trd-train --get-train-script`` saved); None when there is none. $TIMM_TRAIN_SCRIPT naming no file is
+    an error, never a skip."""
+    try:
+        found = locate_train_script()
+    except TRDConfigError as e:
+        pytest.fail(str(e))
+    return found[0] if found else None
+
+
+def train_script_or_skip() -> Path:
+    path = found_train_script()
+    if path is None:
+        pytest.skip(NO_TRAIN_SCRIPT)
+    return path
+
+
 @pytest.fixture
 def train_script():
-    """timm's real train.py, from $TIMM_TRAIN_SCRIPT; the end-to-end tests skip without one."""
-    path = os.environ.get('TIMM_TRAIN_SCRIPT')
-    if not path:
-        pytest.skip("needs timm's train.py: set TIMM_TRAIN_SCRIPT to a pytorch-image-models checkout's train.py")
-    if not Path(path).is_file():
-        pytest.fail(f'TIMM_TRAIN_SCRIPT={path} is not a file')
-    return Path(path)
+    """timm's real train.py (see :func:`found_train_script`); the end-to-end tests skip without one."""
+    return train_script_or_skip()

@@ -1,7 +1,7 @@
 """scripts/gpu_check.sh keeps working: its CPU dry run goes through every phase a GPU machine runs.
 
-The benchmark and compile phases always run (generated images, no network); the train.py phases need
-$TIMM_TRAIN_SCRIPT and are skipped with that reason otherwise.
+The benchmark and compile phases always run (generated images, no network); the train.py phases need a
+train.py (found as timm-trd-train finds it, see conftest.py) and are skipped with that reason otherwise.
 """
 import importlib.util
 import json
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from conftest import found_train_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'gpu_check.sh'
@@ -28,13 +30,14 @@ def load_gpu_check():
 
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
-    """One dry run for the whole module: every phase, the train.py ones only where $TIMM_TRAIN_SCRIPT is set."""
+    """One dry run for the whole module: every phase, the train.py ones only where a train.py is found."""
     base = tmp_path_factory.mktemp('gpu_check')
     phases = ['setup', 'bench-compute', 'bench-loader', 'compile']
     extra = []
-    if os.environ.get('TIMM_TRAIN_SCRIPT'):
+    train_py = found_train_script()
+    if train_py:
         phases[1:1] = ['trainpy-loader', 'trainpy-device']
-        extra = ['--train-script', os.environ['TIMM_TRAIN_SCRIPT']]
+        extra = ['--train-script', str(train_py)]
     env = {**os.environ, 'PYTHON': sys.executable, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
     env.pop('OUT', None)
     result = subprocess.run(['bash', str(SCRIPT), '--dry-run', '--out', str(base / 'out'), '--work', str(base / 'work'),

@@ -3,6 +3,7 @@ real HTTP server on 127.0.0.1 (serving tests/mini_train.py where timm's release 
 what happens offline, on an HTTP error and on a download that is not a train.py."""
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 
+import conftest
 from conftest import MINI_TRAIN
 from timm_trd import launcher
 from timm_trd.config import TRDConfigError
@@ -113,13 +115,47 @@ def test_help_from_the_installed_command_without_train_script(newcomer):
     assert '--trd-prob' in result.stdout and '--get-train-script' in result.stdout
 
 
-def test_help_with_a_train_script_adds_train_py_help(newcomer, capsys, monkeypatch):
+def test_help_shows_timm_trd_options_and_where_train_py_was_found_before_train_py_help(newcomer, capsys, monkeypatch):
     code, captured = run_launcher(['--train-script', str(MINI_TRAIN), '--help'], capsys, monkeypatch)
     assert code == 0
     out = captured.out
-    launcher_part, train_part = out.split(f'train.py: {MINI_TRAIN}')
-    assert '--get-train-script' in launcher_part and '--trd-prob' not in launcher_part  # not twice
-    assert 'mini train script' in train_part and '--trd-prob' in train_part and '--data-dir' in train_part
+    launcher_part, train_part = out.split(f'train.py: {MINI_TRAIN} (from --train-script); its own options follow.')
+    for option in ('--trd-prob', '--trd-size', '--trd-bn-recal', '--demo', '--get-train-script', '--train-script'):
+        assert option in launcher_part
+    assert out.splitlines().index(next(line for line in out.splitlines() if '--trd-prob P' in line)) < 15
+    assert 'mini train script' in train_part and '--data-dir' in train_part
+    assert '--trd-prob' not in train_part and '--train-script PATH' not in train_part  # not twice
+    assert "the --trd-* options and --train-script: see timm-trd's options above" in train_part
+    assert 'usage: timm-trd-train' in train_part
+
+
+def test_help_of_timm_train_py_has_the_trd_options_on_the_first_screen(train_script, newcomer):
+    env = {k: v for k, v in os.environ.items() if k != 'TIMM_TRAIN_SCRIPT'}
+    result = subprocess.run([sys.executable, '-m', 'timm_trd', '--train-script', str(train_script), '--help'],
+                            capture_output=True, text=True, timeout=300, cwd=newcomer,
+                            env={**env, 'COLUMNS': '120', 'PYTHONWARNINGS': 'ignore'})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert any(line.lstrip().startswith('--trd-prob P') for line in lines[:15])
+    found = lines.index(f'train.py: {train_script} (from --train-script); its own options follow.')
+    assert any('--train-img-sizes' in line for line in lines[found:])  # train.py's own help follows
+    assert sum('--trd-prob P' in line for line in lines) == 1
+
+
+def test_the_tests_find_train_py_as_the_launcher_does(newcomer, monkeypatch):
+    with pytest.raises(pytest.skip.Exception, match=re.escape('run `timm-trd-train --get-train-script` once')):
+        conftest.train_script_or_skip()
+    cached = newcomer / 'cache' / 'timm-trd' / f'train-{VERSION}.py'
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(MINI_TRAIN.read_bytes())  # as --get-train-script leaves it
+    assert conftest.train_script_or_skip() == cached.resolve()
+    (newcomer / 'train.py').write_bytes(MINI_TRAIN.read_bytes())
+    assert conftest.train_script_or_skip() == (newcomer / 'train.py').resolve()
+    monkeypatch.setenv('TIMM_TRAIN_SCRIPT', str(MINI_TRAIN))
+    assert conftest.train_script_or_skip() == MINI_TRAIN
+    monkeypatch.setenv('TIMM_TRAIN_SCRIPT', str(newcomer / 'nope.py'))
+    with pytest.raises(pytest.fail.Exception, match='TIMM_TRAIN_SCRIPT points to .*nope.py, which is not a file'):
+        conftest.train_script_or_skip()
 
 
 def test_missing_train_script_names_the_download_command(newcomer, capsys, monkeypatch):

@@ -155,11 +155,14 @@ def _size(value) -> Optional[Tuple[int, int]]:
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if len(items) == 1 and isinstance(items[0], str) and len(items[0].replace(',', ' ').split()) == 2:
         items = items[0].replace(',', ' ').split()  # a YAML string such as "112 96"
+    given = ' '.join(str(item) for item in items)  # as on the command line: "0", "8 8 8", not "['0']"
     if len(items) not in (1, 2):
-        raise TRDConfigError(f'--trd-size takes one size S or two sizes H W, got {value!r}')
+        raise TRDConfigError(f'--trd-size takes one size S or two sizes H W, got {given}; '
+                             f'e.g. --trd-size 112 or --trd-size 112 96')
     dims = [_number(item, '--trd-size', int) for item in items]
     if any(d <= 0 for d in dims):
-        raise TRDConfigError(f'--trd-size must be positive, got {value!r}')
+        raise TRDConfigError(f'--trd-size must be positive, got {given}; give the reduced size in pixels, '
+                             f'e.g. --trd-size 112 for training at 224')
     return (dims[0], dims[-1])
 
 

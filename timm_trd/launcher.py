@@ -1,6 +1,7 @@
 """``timm-trd-train``: run the user's timm train.py with TRD attached.
 
     timm-trd-train [--train-script PATH] <train.py arguments>
+    timm-trd-train --demo [--train-script PATH] [train.py arguments]
     timm-trd-train --get-train-script [DIR]
     timm-trd-train --help
 
@@ -16,8 +17,10 @@ checked statically (parsed, never run) for the module-level names timm-trd hooks
 (:data:`timm_trd.hooks.REQUIRED`) before it is saved. ``$TIMM_TRD_TRAIN_SCRIPT_URL`` replaces the base URL
 (the raw files of timm's GitHub repository), e.g. for a mirror.
 
-``--help`` always prints the launcher's and the TRD options, and how train.py is found; when a train.py is
-found, train.py's own help follows (with the ``--trd-*`` options in it).
+``--demo`` is a first run on generated images with nothing to prepare (:mod:`timm_trd.demo`).
+
+``--help`` prints timm-trd's own options first (the ``--trd-*`` ones and the launcher's) and where train.py is
+looked for; when a train.py is found, where it was found and then train.py's own help follow.
 """
 
 import argparse
@@ -39,6 +42,7 @@ URL_ENV_VAR = 'TIMM_TRD_TRAIN_SCRIPT_URL'
 DEFAULT_BASE_URL = 'https://raw.githubusercontent.com/huggingface/pytorch-image-models'
 REPO_URL = 'https://github.com/huggingface/pytorch-image-models'
 GET_OPTION = '--get-train-script'
+DEMO_OPTION = '--demo'
 DOWNLOAD_TIMEOUT_S = 30
 HOW_TO_GET = (
     f"timm's pip package does not ship train.py; run timm-trd-train {GET_OPTION} to download the one of your "
@@ -119,22 +123,32 @@ def split_train_script(argv: List[str]) -> Tuple[Optional[str], List[str]]:
     return script, rest
 
 
-def find_train_script(explicit: Optional[str] = None) -> Path:
-    """Resolve train.py from ``--train-script``, ``$TIMM_TRAIN_SCRIPT``, ``./train.py`` or the cache of
-    ``--get-train-script``, in that order."""
+def locate_train_script(explicit: Optional[str] = None) -> Optional[Tuple[Path, str]]:
+    """train.py and where it was found: ``--train-script``, ``$TIMM_TRAIN_SCRIPT``, ``./train.py`` or the cache of
+    ``--get-train-script``, in that order; None when none of them has one. A ``--train-script`` or
+    ``$TIMM_TRAIN_SCRIPT`` that names no file raises (it is never passed over)."""
     for origin, candidate in (('--train-script', explicit), (f'${ENV_VAR}', os.environ.get(ENV_VAR))):
         if candidate:
             path = Path(candidate).expanduser()
             if not path.is_file():
                 raise TRDConfigError(f'{origin} points to {candidate}, which is not a file; {HOW_TO_GET}')
-            return path.resolve()
+            return path.resolve(), origin
     local = Path('train.py')
     if local.is_file():
-        return local.resolve()
+        return local.resolve(), './train.py'
+    cached = cached_train_script()
+    if cached.is_file():
+        return cached.resolve(), f'the {GET_OPTION} cache'
+    return None
+
+
+def find_train_script(explicit: Optional[str] = None) -> Path:
+    """The train.py :func:`locate_train_script` finds; raises, naming the download command, when there is none."""
+    found = locate_train_script(explicit)
+    if found is not None:
+        return found[0]
     version = timm_version()
     cached = cached_train_script(version)
-    if cached.is_file():
-        return cached.resolve()
     others = sorted(p.name for p in cache_dir().glob(cached_script_name('*')))
     stale = f'; {cache_dir()} holds {", ".join(others)}, not the train.py of timm {version}' if others else ''
     raise TRDConfigError(
@@ -258,28 +272,34 @@ def get_train_script(argv: List[str]) -> None:
 
 # -- --help ---------------------------------------------------------------------------------------
 
-def launcher_parser(with_trd_options: bool) -> argparse.ArgumentParser:
+def launcher_parser() -> argparse.ArgumentParser:
+    """timm-trd's own options (the --trd-* ones as train.py will know them, then the launcher's) and where
+    train.py is looked for: the first screen of ``--help``, before train.py's help."""
     parser = argparse.ArgumentParser(
         prog='timm-trd-train',
         usage=f'timm-trd-train [--train-script PATH] [train.py and --trd-* options]\n'
+              f'       timm-trd-train {DEMO_OPTION} [--train-script PATH] [train.py options]\n'
               f'       timm-trd-train {GET_OPTION} [DIR]',
-        description="Run timm's train.py with Temporally Resolution Decrement (TRD) attached. Every argument "
-                    "except the launcher's own goes to train.py unchanged; works the same under torchrun "
-                    "(torchrun ... -m timm_trd ...).",
+        description="Run timm's train.py with Temporally Resolution Decrement (TRD) attached. Every argument\n"
+                    "except the launcher's own goes to train.py unchanged; works the same under torchrun\n"
+                    "(torchrun ... -m timm_trd ...). timm-trd's options first, then train.py's.",
         formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    add_arguments(parser)  # the --trd-* options, and --train-script
+    for action in parser._actions:
+        if action.dest == 'train_script':
+            action.help = 'the train.py to run (default: the first found of the places below)'
     group = parser.add_argument_group('launcher')
-    group.add_argument('-h', '--help', action='store_true', help='this help, then train.py\'s when one is found')
+    group.add_argument('-h', '--help', action='store_true', help="this help, then train.py's when one is found")
+    group.add_argument(
+        DEMO_OPTION, action='store_true',
+        help='a first TRD run with nothing to prepare: a generated toy folder (made in the cache when missing), '
+             'ResNet-18 for 2 epochs at 64 px with half of the batches at 32 px, on CUDA if present else the CPU, '
+             'through the train.py found (downloaded when there is none); train.py options after it override '
+             "the demo's")
     group.add_argument(
         GET_OPTION, metavar='DIR', nargs='?',
         help="download the train.py of the installed timm's release into DIR (default: the cache, see below), "
              "check that it has the names timm-trd hooks into, and exit")
-    if with_trd_options:
-        add_arguments(parser)  # the --trd-* options as train.py will know them, and --train-script
-        for action in parser._actions:
-            if action.dest == 'train_script':
-                action.help = 'the train.py to run (see below)'
-    else:
-        group.add_argument('--train-script', metavar='PATH', help='the train.py to run (see below)')
     order = '\n'.join(f'  {i}. {where}: {what}' for i, (where, what) in enumerate(search_order(), 1))
     parser.epilog = (
         f'train.py is the first of:\n{order}\n'
@@ -288,19 +308,37 @@ def launcher_parser(with_trd_options: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def hide_trd_options(parser: argparse.ArgumentParser) -> None:
+    """Leave timm-trd's options out of train.py's help (they were printed first), with a pointer in their place."""
+    for action in parser._actions:
+        if action.dest.startswith('trd_') or action.dest == 'train_script':
+            action.help = argparse.SUPPRESS
+    for group in parser._action_groups:
+        if any(action.dest == 'trd_prob' for action in group._group_actions):
+            group.description = "the --trd-* options and --train-script: see timm-trd's options above"
+
+
 def print_help(rest: List[str], explicit: Optional[str]) -> None:
-    """The launcher's help; then train.py's (which exits) when one is found."""
+    """timm-trd's options and where train.py was found; then train.py's own help (which exits) when found."""
     try:
-        path, problem = find_train_script(explicit), None
+        found, problem = locate_train_script(explicit), None
     except TRDConfigError as e:
-        path, problem = None, str(e)
-    launcher_parser(with_trd_options=path is None).print_help()
-    if path is None:
+        found, problem = None, str(e)
+    launcher_parser().print_help()
+    if found is None:
+        if problem is None:
+            try:
+                find_train_script(explicit)
+            except TRDConfigError as e:
+                problem = str(e)
         print(f'\ntimm-trd: {problem}')
         sys.exit(0)
-    print(f"\ntrain.py: {path}; its help, with the --trd-* options, follows.\n", flush=True)
+    path, origin = found
+    print(f"\ntrain.py: {path} (from {origin}); its own options follow.\n", flush=True)
     module = load_train_module(path)
     install(module)
+    hide_trd_options(module.parser)
+    module.parser.prog = 'timm-trd-train'
     sys.argv = [str(path)] + rest
     module.main()  # train.py's parser prints its help and exits
 
@@ -315,7 +353,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise TRDConfigError(f'{GET_OPTION} [DIR] is a command of its own: run it without other arguments')
         script, rest = split_train_script(argv)
         if '-h' in rest or '--help' in rest:
-            print_help(rest, script)
+            print_help([arg for arg in rest if arg != DEMO_OPTION], script)
+            return
+        if DEMO_OPTION in rest:
+            from .demo import run as run_demo
+            run_demo([arg for arg in rest if arg != DEMO_OPTION], script)
             return
         path = find_train_script(script)
         module = load_train_module(path)
