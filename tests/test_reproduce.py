@@ -65,11 +65,12 @@ def _plan(reproduce, *argv):
 
 def test_frontier_plan_has_every_arm_with_its_seeds_seeds_outermost(reproduce):
     runs = _plan(reproduce, '--frontier')
-    assert {r[0] for r in runs} == {'imagenette'} and len(runs) == 25
+    assert {r[0] for r in runs} == {'imagenette'} and len(runs) == 33
     seeds = {c: sorted(s for _, cc, s in runs if cc == c) for c in reproduce.FRONTIER}
     for config in ('baseline-0.6x', 'baseline', 'baseline-1.6x', 'trd50', 'trd50-1.6x'):
         assert seeds[config] == [0, 1, 2]
-    for config in ('trd90', 'trd90-3x', 'trd50-80px', 'timm-sizes50', 'lowres'):
+    for config in ('trd90', 'trd90-3x', 'trd50-80px', 'timm-sizes50', 'lowres', 'lowres-2.4x', 'lowres-4x',
+                   'timm-progressive', 'timm-progressive-1.6x'):
         assert seeds[config] == [0, 1]
     assert [s for _, _, s in runs] == sorted(s for _, _, s in runs)  # a whole seed before the next
     assert [c for _, c, s in runs if s == 2] == ['baseline-0.6x', 'baseline', 'baseline-1.6x', 'trd50', 'trd50-1.6x']
