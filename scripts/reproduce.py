@@ -556,6 +556,29 @@ def plan(args):
             for config in seeds if seed in seeds[config]]
 
 
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def import_results(csv_path: Path, runs_dir: Path) -> int:
+    """Write each row of an earlier results.csv as ``runs_dir/<dataset>-<config>-s<seed>.json`` unless that run
+    exists (empty cells are left out, numbers become numbers); returns how many were written."""
+    written = 0
+    with open(csv_path) as f:
+        for row in csv.DictReader(f):
+            path = runs_dir / f'{row["dataset"]}-{row["config"]}-s{row["seed"]}.json'
+            if not path.is_file():
+                path.write_text(json.dumps({k: _value(v) for k, v in row.items() if v != ''}, indent=1))
+                written += 1
+    log(f'{csv_path}: {written} earlier runs imported into {runs_dir}')
+    return written
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--train-script', default=None, help="timm's train.py (default: $TIMM_TRAIN_SCRIPT)")
@@ -583,6 +606,10 @@ def parse_args(argv=None):
                         help='cap the test images of every evaluation (a seeded subset; for quick checks)')
     parser.add_argument('--only-report', action='store_true',
                         help='rebuild the tables from finished runs (give the same --epochs/--train-per-class as the runs)')
+    parser.add_argument('--import-results', default=None, metavar='CSV',
+                        help='an earlier sitting\'s results.csv (e.g. results/frontier.csv): its runs count as finished '
+                             'ones of this OUT (written as OUT/runs/<run>.json where none exists), so a sitting can '
+                             'add arms to a published table')
     parser.add_argument('--results-dir', default=None,
                         help='also copy the tables and plots there, as reproduce.* or (with --frontier) frontier.*')
     return parser.parse_args(argv)
@@ -600,6 +627,8 @@ def main(argv=None):
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = []
     start = time.time()
+    if args.import_results:
+        import_results(Path(args.import_results), runs_dir)
     if args.only_report:
         results = [json.loads(p.read_text()) for p in sorted(runs_dir.glob('*-s*.json'))
                    if not p.name.endswith(('.timing.json', '.eval.json'))]

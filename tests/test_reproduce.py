@@ -188,3 +188,18 @@ def test_train_worker_counts_the_sizes_train_py_really_trained_at(reproduce, con
     assert set(result['images_per_size']) == sizes
     assert sum(result['batches_per_size'].values()) == 96 // 8  # one epoch, every training step counted once
     assert len(result['epoch_seconds']) == 1
+
+
+def test_import_results_makes_earlier_rows_finished_runs_with_numbers(reproduce, tmp_path):
+    earlier = tmp_path / 'results.csv'
+    earlier.write_text('dataset,config,label,seed,epochs,train_seconds,top1,train_args\n'
+                       'imagenette,lowres,low resolution only,1,10,36.5,43.2,\n'
+                       'imagenette,baseline,baseline,0,10,133,48.6,\n')
+    runs = tmp_path / 'runs'
+    runs.mkdir()
+    (runs / 'imagenette-baseline-s0.json').write_text('{"kept": true}')  # a run of this sitting wins
+    assert reproduce.import_results(earlier, runs) == 1
+    row = json.loads((runs / 'imagenette-lowres-s1.json').read_text())
+    assert row == {'dataset': 'imagenette', 'config': 'lowres', 'label': 'low resolution only', 'seed': 1,
+                   'epochs': 10, 'train_seconds': 36.5, 'top1': 43.2}
+    assert json.loads((runs / 'imagenette-baseline-s0.json').read_text()) == {'kept': True}
