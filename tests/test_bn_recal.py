@@ -261,3 +261,37 @@ def test_train_py_recalibrates_model_and_ema_without_changing_training(train_scr
     plain_checkpoint = torch.load(tmp_path / 'plain' / 'last.pth.tar', map_location='cpu', weights_only=False)
     key = next(k for k in checkpoint['state_dict'] if k.endswith('running_mean'))
     assert not torch.equal(checkpoint['state_dict'][key], plain_checkpoint['state_dict'][key])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _train_py_recalibrator(train_script, monkeypatch, argv):
+    """The recalibrator train.py's own loader settings give (train.py runs in this process up to its first epoch)."""
+    module = load_train_module(train_script, name='train_py_bn_settings')
+    monkeypatch.setattr('sys.argv', ['train.py', *argv])
+    plugin = install(module)
+
+    def stop(*a, **kw):
+        raise _Stop()
+    plugin.original['train_one_epoch'] = stop
+    with pytest.raises(_Stop):
+        module.main()
+    return plugin.recalibrate
+
+
+def test_train_py_torchrun_without_validation_saves_full_size_statistics(train_script, folder64, tmp_path, monkeypatch):
+    common = ['--data-dir', str(folder64), '--model', 'resnet10t', '--num-classes', '4', '--img-size', '64',
+              '--epochs', '2', '--device', 'cpu', '-b', '8', '--workers', '1', '--seed', '3', '--lr', '0.01',
+              '--trd-prob', '0.9', '--trd-size', '32', '--model-ema', '--val-split', '', '--trd-bn-recal', '2']
+    log = _torchrun('--train-script', str(train_script), *common, '--output', str(tmp_path), '--experiment', 'e')
+    assert "once, after the last epoch: this run has no validation loader (--val-split '')" in log
+    lines = re.findall(r'TRD: BatchNorm statistics of the model( \(EMA\))? recomputed at 64x64 on 2 training batches '
+                       r'per process, averaged over 2 processes in [\d.]+ s \(([^;]+); sample of epoch (\d)\)', log)
+    assert lines == [('', 'after the last epoch, for the last checkpoint', '1'),
+                     (' (EMA)', 'after the last epoch, for the last checkpoint', '1')]
+    checkpoint = torch.load(tmp_path / 'e' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    recalibrate = _train_py_recalibrator(train_script, monkeypatch, [*common, '--output', str(tmp_path / 'settings')])
+    for key in ('state_dict', 'state_dict_ema'):
+        _assert_same_stats(_bn_stats(checkpoint[key]), _full_size_recalibration(recalibrate, checkpoint[key], epoch=1))
