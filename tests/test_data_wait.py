@@ -104,3 +104,29 @@ def test_a_compute_bound_run_stays_quiet(image_folder, monkeypatch, caplog):
     reduced = step_times(plugin.loader.last_stats, plugin.loader.reduced_hw)
     assert reduced.batches == 11 and reduced.wait_share < THRESHOLD / 2.5, reduced  # > 5x below the loader-bound run
     assert warnings == []
+
+
+# -- through timm's train.py -------------------------------------------------------------------------------------------
+
+def _train_py(train_script, data, tmp_path, *extra):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+    result = subprocess.run(
+        [sys.executable, '-m', 'timm_trd', '--train-script', str(train_script), '--data-dir', str(data),
+         '--val-split', '', '--num-classes', '4', '--epochs', '1', '--device', 'cpu', '--lr', '0.01',
+         '--trd-prob', '1', '--output', str(tmp_path), '--experiment', 'e', *extra],
+        capture_output=True, text=True, timeout=600, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log
+
+
+def test_train_py_loader_bound_warns_once_compute_bound_stays_quiet(train_script, big_pngs, image_folder, tmp_path):
+    bound = _train_py(train_script, big_pngs, tmp_path / 'bound', '--model', 'test_resnet', '--img-size', '32',
+                      '--trd-size', '16', '-b', '4', '--workers', '0')
+    assert bound.count('TRD: data-bound at 16x16') == 1 and '--workers (now 0;' in bound
+    quiet = _train_py(train_script, image_folder, tmp_path / 'quiet', '--model', 'resnet50', '--img-size', '40',
+                      '--trd-size', '24', '-b', '8', '--workers', '1')
+    assert 'TRD: epoch 0:' in quiet and 'data-bound' not in quiet
