@@ -209,19 +209,20 @@ def test_torchrun_recalibrates_before_every_validation_and_the_last_checkpoint(i
     lines = re.findall(r'TRD: BatchNorm statistics of the model recomputed at 40x40 on 2 training batches per '
                        r'process, averaged over 2 processes in [\d.]+ s \(([^;]+); sample of epoch (\d)\)', log)
     if validate:
-        assert lines == [('before validation', '0'), ('after the last epoch, for its validation and the last checkpoint', '1')]
+        assert lines == [('before validation', '0'),
+                         ('after the last epoch, for its validation and the last checkpoint', '1')]
         assert 'before each validation and after the last epoch' in log
     else:
         assert lines == [('after the last epoch, for the last checkpoint', '1')]
         assert "once, after the last epoch: this run has no validation loader (--val-split '')" in log
-    saved = _bn_stats(torch.load(tmp_path / 'out' / 'last.pth.tar', map_location='cpu', weights_only=False)['state_dict'])
+    weights = torch.load(tmp_path / 'out' / 'last.pth.tar', map_location='cpu', weights_only=False)['state_dict']
+    saved = _bn_stats(weights)
     # the same loader settings mini_train gives the training loader (the recalibrator overrides what it must)
     dataset = create_dataset('', root=str(image_folder), split='train', is_training=True)
     kwargs = dict(input_size=(3, FULL, FULL), batch_size=8, is_training=True, use_prefetcher=True,
                   device=torch.device('cpu'), num_workers=1)
     recalibrate = BNRecalibrator(create_loader, dataset, (), kwargs, 2, seed=42)
-    _assert_same_stats(saved, _full_size_recalibration(recalibrate, torch.load(
-        tmp_path / 'out' / 'last.pth.tar', map_location='cpu', weights_only=False)['state_dict'], epoch=1))
+    _assert_same_stats(saved, _full_size_recalibration(recalibrate, weights, epoch=1))
     if validate:  # the last validation saw the checkpoint's statistics
         ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1)]
         key = next(k for k in saved if k.endswith('running_mean'))

@@ -151,7 +151,6 @@ class BNRecalibrator:
                            num_aug_repeats=0, use_multi_epochs_loader=False,  # samplers that would hold workers
                            num_workers=self.workers, persistent_workers=False)
         self.full_hw = tuple(kwargs.get('input_size', args[0] if args else (0, 0, 0))[-2:])
-        self.calls = 0
         self._fresh = set()  # ids of the bare models recalibrated since the last training step
 
     def build_loader(self, epoch: int):
@@ -169,7 +168,8 @@ class BNRecalibrator:
         """The models train again: the next call recomputes."""
         self._fresh.clear()
 
-    def __call__(self, model: torch.nn.Module, label: str = '', epoch: int = 0, why: str = 'before validation') -> float:
+    def __call__(self, model: torch.nn.Module, label: str = '', epoch: int = 0,
+                 why: str = 'before validation') -> float:
         """Recalibrate ``model`` on the sample of ``epoch``; returns the seconds it took (0 when it was fresh)."""
         from timm.utils import unwrap_model
         key = id(unwrap_model(model))
@@ -191,7 +191,6 @@ class BNRecalibrator:
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        self.calls += 1
         self._fresh.add(key)
         if self.primary:
             ranks = f' per process, averaged over {self.world_size} processes' if self.distributed else ''
@@ -206,11 +205,13 @@ class BNRecalibrator:
                 f'{self.full_hw[1]} on {self.num_batches} training batches per process (a new sample each time, '
                 f'{self.workers} worker{"s" if self.workers != 1 else ""} started per recalibration)')
         if validation:
-            line += ' before each validation and after the last epoch, so every checkpoint train.py writes has them'
+            line += (' before each validation and after the last epoch, so every end-of-epoch checkpoint train.py '
+                     'writes has them')
         else:
             line += (' once, after the last epoch: this run has no validation loader (--val-split \'\'), so only '
                      'the last checkpoint has them; earlier checkpoints (and a model_best chosen by train loss before '
                      'the last epoch) keep the mixed statistics')
         if ema_on_cpu:
-            line += '; the EMA kept on the CPU (--model-ema-force-cpu) is not recalibrated, as train.py does not validate it'
+            line += ('; the EMA kept on the CPU (--model-ema-force-cpu) is not recalibrated, as train.py does not '
+                     'validate it')
         return line

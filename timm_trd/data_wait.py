@@ -52,7 +52,8 @@ def step_times(stats: EpochStats, hw: Tuple[int, int]) -> Optional[StepTimes]:
              if i > 0 and size == hw]
     if not pairs:
         return None
-    return StepTimes(len(pairs), 1e3 * sum(w for w, _ in pairs) / len(pairs), 1e3 * sum(s for _, s in pairs) / len(pairs))
+    n = len(pairs)
+    return StepTimes(n, 1e3 * sum(w for w, _ in pairs) / n, 1e3 * sum(s for _, s in pairs) / n)
 
 
 def workers_to_keep_up(reduced: StepTimes, workers: int) -> int:
@@ -84,9 +85,9 @@ class DataWaitCheck:
 
     def message(self, epoch: int, reduced: StepTimes, full: Optional[StepTimes], reduced_hw) -> str:
         rh, rw = reduced_hw
-        line = (f'TRD: data-bound at {rh}x{rw}: in epoch {epoch} reduced steps waited {reduced.wait_ms:.1f} ms for data '
-                f'per batch against {reduced.step_ms:.1f} ms of compute ({100 * reduced.wait_share:.0f}% of their time, '
-                f'more than {100 * THRESHOLD:.0f}%)')
+        line = (f'TRD: data-bound at {rh}x{rw}: in epoch {epoch} reduced steps waited {reduced.wait_ms:.1f} ms for '
+                f'data per batch against {reduced.step_ms:.1f} ms of compute ({100 * reduced.wait_share:.0f}% of '
+                f'their time, more than {100 * THRESHOLD:.0f}%)')
         if full is not None:
             line += f'; full-size steps waited {full.wait_ms:.1f} ms against {full.step_ms:.1f} ms'
             if full.wait_share > THRESHOLD:
@@ -97,6 +98,6 @@ class DataWaitCheck:
             line += (', or read reduced images from a pre-shrunk copy (timm-trd-reduced-copy TRAIN_DIR COPY_DIR, '
                      'then --trd-reduced-copy COPY_DIR)')
         elif self.path == 'device':
-            line += (', or load reduced images small on the loader path (--trd-mode loader, where it can run: a '
-                     'map-style dataset; a reduced image then costs a fraction to decode, more with --trd-reduced-copy)')
+            line += (', or make reduced images small while loading them: the loader path (--trd-mode loader, a '
+                     'map-style dataset) decodes them at a reduced scale, and reads them from --trd-reduced-copy')
         return line + '. Said once.'

@@ -146,7 +146,8 @@ class TRDPlugin:
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
         if not self.enabled or not kw.get('is_training', False):
-            self.eval_loader_built = self.eval_loader_built or (self.enabled and not kw.get('is_training', False))
+            if self.enabled:
+                self.eval_loader_built = True
             return create(dataset, *a, **kw)
         self._reject_scheduled_options(kw)
         input_size = kw.get('input_size', a[0] if a else None)
@@ -295,7 +296,8 @@ class TRDPlugin:
     # -- seam: validation -----------------------------------------------------------------------
     def validate(self, model, *a, **kw):
         if self.enabled and self.recalibrate is not None:
-            self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}', epoch=self.loader.epoch if self.loader else 0)
+            epoch = self.loader.epoch if self.loader else 0
+            self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}', epoch=epoch)
         return self.original['validate'](model, *a, **kw)
 
     def _ema_on_cpu(self) -> bool:
