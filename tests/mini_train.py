@@ -9,6 +9,7 @@ line and, with ``--result-dir``, writes it to a file per rank.
 
 import argparse
 import json
+import logging
 import os
 from collections import OrderedDict
 
@@ -144,6 +145,8 @@ VALIDATED = []
 
 
 def main():
+    if not logging.getLogger().handlers:  # as train.py's setup_default_logging (under pytest, its capture is there)
+        logging.basicConfig(level=logging.INFO, format='%(message)s')
     args, _ = _parse_args()
     if args.log_info:
         setup_default_logging()

@@ -6,6 +6,8 @@ from timm.data import FastCollateMixup
 
 from conftest import PATHS
 from timm_trd import TRDLoader, downsample, install
+from timm_trd.resize import resize_device
+from timm_trd.schedule import TRDSchedule
 
 try:
     from timm.data import ScheduledTransformDataset
@@ -141,3 +143,76 @@ def test_checked_values_go_back_into_args_as_numbers(mini_train, image_folder, m
                     '--trd-prob', '0.5', '--trd-size', '24', '20', '--trd-mode', 'DEVICE', '--epochs', '1')
     args = plugin.args
     assert (args.trd_prob, args.trd_size, args.trd_mode, args.trd_full_res_epochs) == (0.5, [24, 20], 'device', 0)
+
+
+# -- where the device path shrinks a batch ----------------------------------------------------------------------------
+
+def test_a_cpu_batch_is_shrunk_on_the_training_device():
+    cpu = torch.device('cpu')
+    assert resize_device(cpu, 'cuda') == torch.device('cuda')  # moved first, as train.py would move it next
+    assert resize_device(cpu, torch.device('cuda', 1)) == torch.device('cuda', 1)
+    assert resize_device(cpu, 'cpu') == cpu and resize_device(cpu, None) == cpu  # training on the CPU
+    assert resize_device(torch.device('cuda', 0), 'cuda') == torch.device('cuda', 0)  # after the prefetcher: there
+
+
+class _Batches:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _serve(device, batches, monkeypatch):
+    """Serve CPU ``batches`` on the device path (every one reduced) for training on ``device``; the devices the
+    resizes ran on."""
+    import timm_trd.loader as loader_module
+    ran_on = []
+
+    def spy(images, size):
+        ran_on.append(images.device)
+        return downsample(images, size)
+    monkeypatch.setattr(loader_module, 'downsample', spy)
+    loader = TRDLoader(_Batches(batches), TRDSchedule(prob=1.0, total_epochs=1), (FULL, FULL), (SMALL, SMALL),
+                       resize=True, device=device)
+    return list(loader), ran_on
+
+
+def test_the_device_path_moves_then_shrinks_on_a_device_that_is_not_the_cpu(monkeypatch):
+    # 'meta' stands for an accelerator on a CPU-only machine: a real device that is not the CPU
+    batches = [(torch.rand(4, 3, FULL, FULL), torch.arange(4)) for _ in range(3)]
+    served, ran_on = _serve(torch.device('meta'), batches, monkeypatch)
+    assert ran_on == [torch.device('meta')] * 3  # shrunk there, not on the CPU
+    assert all(x.device.type == 'meta' and t.device.type == 'meta' and tuple(x.shape) == (4, 3, SMALL, SMALL)
+               for x, t in served)
+
+
+def test_training_on_the_cpu_shrinks_on_the_cpu_exactly_as_before(monkeypatch):
+    batches = [(torch.rand(4, 3, FULL, FULL), torch.arange(4)) for _ in range(3)]
+    served, ran_on = _serve(torch.device('cpu'), batches, monkeypatch)
+    assert ran_on == [torch.device('cpu')] * 3
+    for (x, t), (before, target) in zip(served, batches):
+        expected = torch.nn.functional.interpolate(before, size=(SMALL, SMALL), mode='bilinear', align_corners=False,
+                                                   antialias=True)
+        assert torch.equal(x, expected) and t is target
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device: the CPU-only case is tested with meta')
+def test_on_cuda_the_result_matches_the_cpu_resize(monkeypatch):
+    batches = [(torch.rand(4, 3, FULL, FULL), torch.arange(4)) for _ in range(2)]
+    served, ran_on = _serve(torch.device('cuda'), batches, monkeypatch)
+    assert all(d.type == 'cuda' for d in ran_on)
+    for (x, _), (before, _) in zip(served, batches):
+        assert torch.allclose(x.cpu(), downsample(before, (SMALL, SMALL)), atol=1e-5)
+
+
+@pytest.mark.parametrize('prefetcher', [True, False], ids=['prefetcher', 'no-prefetcher'])
+def test_the_plugin_shrinks_on_the_device_train_py_trains_on(mini_train, image_folder, monkeypatch, prefetcher):
+    argv = ['--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '0.5', '--trd-size', str(SMALL),
+            '--trd-mode', 'device', '--epochs', '1'] + ([] if prefetcher else ['--no-prefetcher'])
+    plugin, result = run(mini_train, monkeypatch, *argv)
+    assert plugin.loader.device == torch.device('cpu')  # the device train.py handed create_loader
+    assert result['shapes']['0'] == expected_shapes(plugin, 0, 8)

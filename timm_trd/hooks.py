@@ -15,7 +15,7 @@ calls lives in a module of its own:
   (:mod:`~timm_trd.report`, :mod:`~timm_trd.accounting`) to the train metrics, which train.py hands to timm's
   ``update_summary`` (summary.csv, wandb);
 - ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first
-  (:mod:`~timm_trd.bn_recal`);
+  (:mod:`~timm_trd.bn_recal`); the epoch hook recomputes them after the last epoch too, before its checkpoint;
 - the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.ddp_cpu`);
 - ``wandb``: a failing ``wandb.init`` or ``wandb.log`` warns once and the run goes on (:mod:`~timm_trd.wandb_guard`).
 
@@ -37,6 +37,7 @@ from .bn_recal import BNRecalibrator
 from .config import TRDConfig, TRDConfigError, add_arguments, check_size, check_train_args, config_from_args, \
     settings_without_effect
 from .data_path import choose_path, loader_obstacle
+from .data_wait import DataWaitCheck
 from .ddp_cpu import make_ddp_cpu_safe
 from .decode import attach_reduced_loading
 from .epochs import planned_epochs
@@ -81,6 +82,8 @@ class TRDPlugin:
         self.loader: Optional[TRDLoader] = None
         self.cost: Optional[CostModel] = None
         self.recalibrate: Optional[BNRecalibrator] = None
+        self.data_wait: Optional[DataWaitCheck] = None
+        self.eval_loader_built = False  # train.py built a validation loader (it validates after the last epoch)
         self.served_share = {}  # epoch -> compute share of what the loader served
         self.channels = 3
         self._warned_unwrapped = False
@@ -143,6 +146,8 @@ class TRDPlugin:
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
         if not self.enabled or not kw.get('is_training', False):
+            if self.enabled:
+                self.eval_loader_built = True
             return create(dataset, *a, **kw)
         self._reject_scheduled_options(kw)
         input_size = kw.get('input_size', a[0] if a else None)
@@ -158,7 +163,7 @@ class TRDPlugin:
             self.recalibrate = BNRecalibrator(
                 create, dataset, a, kw, self.config.bn_recal, distributed=bool(getattr(args, 'distributed', False)),
                 world_size=int(getattr(args, 'world_size', 1) or 1), channels_last=bool(getattr(args, 'channels_last', False)),
-                primary=_is_primary(args))
+                primary=_is_primary(args), rank=int(getattr(args, 'rank', 0) or 0), seed=self.schedule.seed)
 
         loader = None
         if path == 'loader':
@@ -175,7 +180,9 @@ class TRDPlugin:
         if loader is None:
             loader = create(dataset, *a, **kw)
         loading = attach_reduced_loading(loader, path, self.config)  # raises on a bad --trd-reduced-copy
-        self.loader = TRDLoader(loader, self.schedule, full_hw, reduced_hw, resize=path == 'device')
+        self.loader = TRDLoader(loader, self.schedule, full_hw, reduced_hw, resize=path == 'device',
+                                device=kw.get('device', getattr(self.args, 'device', None)))
+        self.data_wait = DataWaitCheck(kw.get('num_workers', 0), path, self.config.reduced_copy)
         if _is_primary(self.args):
             _logger.info(start_line(self.config, self.schedule, path, why, full_hw, reduced_hw))
             if loading:
@@ -240,8 +247,14 @@ class TRDPlugin:
                 _logger.info(
                     f'TRD: a {loader.reduced_hw[0]}x{loader.reduced_hw[1]} batch costs {self.cost.reduced_ratio:.4f} '
                     f'of a full one ({"FLOPs counted" if self.cost.source == "flops" else "pixel-area ratio"})')
+                if self.recalibrate is not None:
+                    _logger.info(self.recalibrate.plan_line(self.eval_loader_built, self._ema_on_cpu()))
+        if self.recalibrate is not None:
+            self.recalibrate.trained()
         metrics = train(epoch, model, loader, *a, **kw)
         figures = self.epoch_figures(epoch, loader)
+        if self.recalibrate is not None and epoch == self.schedule.total_epochs - 1:
+            self.recalibrate_last(epoch, model, kw)
         if metrics is not None:
             metrics.update(figures)
         return metrics
@@ -262,6 +275,9 @@ class TRDPlugin:
         saved = self.saved_so_far(epoch, len(loader))
         if _is_primary(self.args):
             _logger.info(epoch_line(epoch, loader, stats, reduced, batches, share, saved, agree))
+            wait = self.data_wait(stats, loader.full_hw, loader.reduced_hw) if self.data_wait else None
+            if wait:
+                _logger.warning(wait)
         return {
             'trd_reduced_batches': reduced,
             'trd_batches': batches,
@@ -280,8 +296,22 @@ class TRDPlugin:
     # -- seam: validation -----------------------------------------------------------------------
     def validate(self, model, *a, **kw):
         if self.enabled and self.recalibrate is not None:
-            self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}')
+            epoch = self.loader.epoch if self.loader else 0
+            self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}', epoch=epoch)
         return self.original['validate'](model, *a, **kw)
+
+    def _ema_on_cpu(self) -> bool:
+        return bool(getattr(self.args, 'model_ema', False) and getattr(self.args, 'model_ema_force_cpu', False))
+
+    def recalibrate_last(self, epoch: int, model, kw) -> None:
+        """After the last epoch, before train.py validates (if it does) and writes its last checkpoint: the model and
+        its EMA (train.py's task, or an older train.py's ``model_ema``), unless the EMA lives on the CPU."""
+        task = kw.get('task')
+        ema = task.get_trainable_module(ema=True) if hasattr(task, 'get_trainable_module') else kw.get('model_ema')
+        why = f'after the last epoch, for {"its validation and " if self.eval_loader_built else ""}the last checkpoint'
+        self.recalibrate(model, ' of the model', epoch=epoch, why=why)
+        if ema is not None and not self._ema_on_cpu():
+            self.recalibrate(ema, ' of the model (EMA)', epoch=epoch, why=why)
 
 
 def install(train_module) -> TRDPlugin:

@@ -3,8 +3,9 @@
 :class:`TRDLoader` wraps the loader that timm's ``create_loader`` built (a ``PrefetchLoader`` or a plain
 ``DataLoader``) and stands in for it everywhere train.py looks: ``len()``, ``sampler``,
 ``batch_sampler``, ``dataset``, ``mixup_enabled``. On the device path it shrinks the batches that the
-plan marks as reduced; on the loader path the workers already made them small. On both it measures
-what was really served: batches per size, images per second of step time per size, data wait.
+plan marks as reduced, on the training device (a CPU batch is moved there first, see :mod:`timm_trd.resize`);
+on the loader path the workers already made them small. On both it measures what was really served: batches
+per size, images per second of step time per size, data wait (per batch, for :mod:`timm_trd.data_wait`).
 
 Step time is the wall time between handing a batch to train.py and its request for the next one. On an
 accelerator that is mostly kernel launches (the work runs asynchronously), so the step rate is only
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .resize import downsample
+from .resize import downsample, to_training_device
 from .schedule import TRDSchedule
 
 
@@ -25,7 +26,7 @@ class SizeStats:
     batches: int = 0
     images: int = 0
     step_s: float = 0.0  # time the training loop spent between receiving a batch and asking for the next
-    data_s: float = 0.0  # time spent waiting for the batch (and resizing it, on the device path)
+    data_s: float = 0.0  # time spent waiting for the batch (and moving and resizing it, on the device path)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class EpochStats:
     sizes: Dict[Tuple[int, int], SizeStats] = field(default_factory=dict)
     order: List[Tuple[int, int]] = field(default_factory=list)  # the size of each batch, in order
     on_cpu: bool = True  # every batch was a CPU tensor, so step times are real compute times
+    wait_s: List[float] = field(default_factory=list)  # per batch: waiting for the inner loader only
+    step_s: List[float] = field(default_factory=list)  # per batch: the training loop's time with it
 
     def record(self, hw: Tuple[int, int], images: int) -> SizeStats:
         self.order.append(hw)
@@ -77,10 +80,12 @@ class TRDLoader:
         schedule: the run's plan.
         full_hw, reduced_hw: the two spatial sizes.
         resize: True on the device path (shrink planned batches here), False on the loader path.
+        device: the device train.py trains on; on the device path a CPU batch is moved there before it is shrunk.
     """
 
-    def __init__(self, loader, schedule: TRDSchedule, full_hw, reduced_hw, resize: bool):
+    def __init__(self, loader, schedule: TRDSchedule, full_hw, reduced_hw, resize: bool, device=None):
         self.loader = loader
+        self.device = device  # the device train.py trains on (None: resize wherever the batch is)
         self.schedule = schedule
         self.full_hw = tuple(full_hw)
         self.reduced_hw = tuple(reduced_hw)
@@ -125,14 +130,20 @@ class TRDLoader:
                 batch_input, target = next(inner)
             except StopIteration:
                 return
-            if self.resize and index < len(plan) and plan[index]:
-                batch_input = downsample(batch_input, self.reduced_hw)
+            received = time.perf_counter()
+            if self.resize:
+                batch_input, target = to_training_device(batch_input, target, self.device)
+                if index < len(plan) and plan[index]:
+                    batch_input = downsample(batch_input, self.reduced_hw)
             served = time.perf_counter()
             size_stats = stats.record(_input_hw(batch_input), int(batch_input.shape[0]))
             stats.on_cpu = stats.on_cpu and batch_input.device.type == 'cpu'
             size_stats.data_s += served - start
+            stats.wait_s.append(received - start)
             yield batch_input, target
-            size_stats.step_s += time.perf_counter() - served
+            step = time.perf_counter() - served
+            size_stats.step_s += step
+            stats.step_s.append(step)
             index += 1
 
     # train.py reads these from its loader; the setter matters for --mixup-off-epoch.
