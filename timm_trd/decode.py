@@ -60,12 +60,32 @@ def fixed_scale(full_hw: Sequence[int], reduced_hw: Sequence[int], scales: Seque
     return next((k for k in scales if k <= ratio), 1)
 
 
+def colour_scale(img: Image.Image) -> int:
+    """The largest DCT scale that keeps the colour of this (opened) JPEG: 8 when its chroma is subsampled alike
+    both ways (4:4:4, 4:2:0, greyscale), 2 when not (4:2:2, 4:4:0, 4:1:1).
+
+    libjpeg scales a chroma block up by its IDCT only by the same factor both ways, so unequal subsampling keeps
+    the chroma at its own reduced resolution and upsamples it; at 1/4 and 1/8 the picture, then only 1-2 times the
+    crop's output size, lacks colour detail that timm's full decode has (PSNR down to 20-26 dB against timm's
+    reduced image), at 1/2 it stays above 32 dB (measured: ``scripts/bench_loader.py --subsampling-images``)."""
+    layers = getattr(img, 'layer', None) or []
+    if len(layers) < 2:
+        return 8
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+    alike = all(h_max * layer[2] == v_max * layer[1] for layer in layers)
+    return 8 if alike else 2
+
+
 def draft(img: Image.Image, scale: int) -> int:
-    """Ask a lazily opened JPEG to decode at 1/``scale``; returns the scale it took (1: unchanged).
+    """Ask a lazily opened JPEG to decode at 1/``scale`` (at most :func:`colour_scale`); returns the scale it took
+    (1: unchanged).
 
     Anything but a not-yet-decoded JPEG is left as it is. libjpeg's picture at 1/k maps pixel ``x`` to the
     original's ``[k x, k (x + 1))`` exactly (the last one partly), whatever the rounding of its size."""
     if scale <= 1 or getattr(img, 'format', None) != 'JPEG' or not hasattr(img, 'draft'):
+        return 1
+    scale = min(scale, colour_scale(img))
+    if scale <= 1:
         return 1
     w, h = img.size
     if w // scale < 1 or h // scale < 1:
