@@ -17,7 +17,9 @@ from test_decode import psnr, same_draws, today, unit_transform, write_folder
 from timm_trd import TRDSchedule
 from timm_trd.config import TRDConfigError, config_from_args
 from timm_trd.decode import ReducedDecodeDataset, ReducedLoading
-from timm_trd.reduced_copy import MANIFEST, check_copy, main as copy_main, make_copy
+from timm_trd.copy_check import check_copy
+from timm_trd.copy_index import INDEX, JOURNAL, MANIFEST, TEMP_MARK
+from timm_trd.reduced_copy import main as copy_main, make_copy
 
 pytestmark = pytest.mark.skipif(ReducedDecodeDataset is None, reason='needs the loader path (timm >= 1.0.29)')
 
@@ -40,28 +42,32 @@ def reader_of(folder):
 def test_copy_has_the_same_tree_at_half_size(data):
     src, dst = data / 'train', data / 'copy' / 'train'
     names = sorted(p.relative_to(src) for p in src.rglob('*') if p.is_file())
-    assert sorted(p.relative_to(dst) for p in dst.rglob('*') if p.is_file() and p.name != MANIFEST) == names
+    assert sorted(p.relative_to(dst) for p in dst.rglob('*') if p.is_file() and p.name not in (MANIFEST, INDEX)) == names
     for rel in names:
         a, b = Image.open(src / rel), Image.open(dst / rel)
         assert b.format == a.format and b.size == (a.size[0] // 2, a.size[1] // 2)
     manifest = json.loads((dst / MANIFEST).read_text())
-    assert manifest['files'] == len(names) and manifest['quality'] == 90 and manifest['scale'] == 2
+    assert manifest['images'] == manifest['copied'] == len(names) and manifest['quality'] == 90 and manifest['scale'] == 2
+    assert manifest['formats'] == {'JPEG': len(names) - 1, 'PNG': 1} and manifest['input_img_mode'] == 'RGB'
     assert manifest['copy_bytes'] < manifest['source_bytes']
 
 
-def test_copy_resumes(tmp_path, capsys):
+def test_copy_resumes_and_other_settings_rewrite_it(tmp_path, capsys):
     src = write_folder(tmp_path / 'train', n_per_class=3)
     dst = tmp_path / 'copy'
     copy_main([str(src), str(dst), '--workers', '1'])
+    assert '6 images: 6 written, 0 kept' in capsys.readouterr().out
     (dst / 'c0' / '1.jpg').unlink()
-    copy_main([str(src), str(dst), '--workers', '1', '--quality', '80'])
-    out = capsys.readouterr().out.strip().splitlines()
-    assert '6 images, 6 written' in out[-2] and '6 images, 1 written' in out[-1] and 'quality 80' in out[-1]
+    copy_main([str(src), str(dst), '--workers', '1'])
+    assert '6 images: 1 written, 5 kept' in capsys.readouterr().out
+    copy_main([str(src), str(dst), '--workers', '1', '--quality', '80'])  # not a mix of two qualities
+    out = capsys.readouterr().out
+    assert '6 images: 6 written, 0 kept' in out and 'quality 90 -> 80' in out and 'JPEG quality 80' in out
 
 
 def test_copy_is_checked_against_the_training_folder(data, tmp_path):
     reader = reader_of(data / 'train')
-    assert check_copy(reader, str(data / 'copy' / 'train')) == (str(data / 'copy' / 'train'), 2.0)
+    assert check_copy(reader, str(data / 'copy' / 'train'))[:2] == (str(data / 'copy' / 'train'), 2.0)
     assert check_copy(reader, str(data / 'copy'))[0] == str(data / 'copy' / 'train')  # the copy of --data-dir
     with pytest.raises(TRDConfigError, match='not a finished reduced copy'):
         check_copy(reader, str(tmp_path))

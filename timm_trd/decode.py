@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, FrozenSet, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -149,11 +149,12 @@ class ReducedLoading:
     ``rule`` 'crop' (the one the plugin uses) decodes at :func:`crop_scale`, 'fixed' (for the benchmark) at
     :func:`fixed_scale`. ``copy_rule`` 'always' (the plugin's) reads every reduced image from the copy (and
     decodes it further only when the crop allows), 'when-fits' (for the benchmark) only those whose crop has
-    the reduced size in pixels there. ``transform`` is timm's reduced training transform."""
+    the reduced size in pixels there. ``transform`` is timm's reduced training transform. ``skipped``: the
+    source images (relative to ``source_root``) the copy does not hold, read from the original."""
 
     def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_dir: Optional[str] = None,
                  source_root: Optional[str] = None, copy_scale: float = 2.0, rule: str = 'crop', full_hw=None,
-                 copy_rule: str = 'always'):
+                 copy_rule: str = 'always', skipped: FrozenSet[str] = frozenset()):
         self.crop, self.rest = split_transform(transform)
         self.transform = transform
         self.img_mode = img_mode
@@ -161,6 +162,7 @@ class ReducedLoading:
         self.copy_dir = copy_dir
         self.source_root = source_root
         self.copy_scale = float(copy_scale)
+        self.skipped = frozenset(skipped)  # images the copy lacks (unreadable sources): read from the original
         if rule not in ('crop', 'fixed'):
             raise ValueError(f"rule must be 'crop' or 'fixed', got {rule!r}")
         self.rule = rule
@@ -176,7 +178,8 @@ class ReducedLoading:
     def copy_path(self, source_path: str) -> Optional[str]:
         if self.copy_dir is None:
             return None
-        return os.path.join(self.copy_dir, os.path.relpath(source_path, self.source_root))
+        rel = os.path.relpath(source_path, self.source_root)
+        return None if rel in self.skipped else os.path.join(self.copy_dir, rel)
 
     def scale_for(self, crop_hw) -> int:
         """The JPEG scale to decode a crop of ``crop_hw`` pixels (of the picture at hand) at."""
@@ -283,12 +286,13 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
             from .config import TRDConfigError
             raise TRDConfigError(f'--trd-reduced-copy cannot be used: {why}; drop --trd-reduced-copy')
         return f'TRD: reduced images are decoded at full size ({why})'
-    copy_dir, copy_scale, reader = None, 2.0, dataset.dataset.reader
+    copy_dir, copy_scale, skipped, reader = None, 2.0, frozenset(), dataset.dataset.reader
     if reduced_copy:
-        from .reduced_copy import check_copy
-        copy_dir, copy_scale = check_copy(reader, reduced_copy)
+        from .copy_check import check_copy
+        copy_dir, copy_scale, skipped = check_copy(reader, reduced_copy, dataset.dataset.input_img_mode)
     reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode, fast_decode=fast_decode,
-                             copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale)
+                             copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale,
+                             skipped=skipped)
     ReducedDecodeDataset.adopt(dataset, reduced)
     parts = []
     if reduced_copy:
