@@ -173,7 +173,7 @@ def make_copy(src: str, dst: str, scale: float = 2.0, quality: int = 90, img_mod
     entries, counts, modes, formats = [], dict(written=0, kept=0, skipped=0), {}, {}
     bar = _progress(len(jobs), progress)
     with journal, ProcessPoolExecutor(workers or os.cpu_count(), initializer=_exit_with_parent) as pool:
-        for entry, status, mode, fmt in pool.map(_job, jobs, chunksize=16):
+        for entry, status, mode, fmt in pool.map(_job, jobs, chunksize=4):
             journal.write(ci.format_entry(entry))
             entries.append(entry)
             counts[status] += 1
