@@ -62,18 +62,22 @@ def fixed_scale(full_hw: Sequence[int], reduced_hw: Sequence[int], scales: Seque
 
 def colour_scale(img: Image.Image) -> int:
     """The largest DCT scale that keeps the colour of this (opened) JPEG: 8 when its chroma is subsampled alike
-    both ways (4:4:4, 4:2:0, greyscale), 2 when not (4:2:2, 4:4:0, 4:1:1).
+    both ways (4:4:4, 4:2:0, greyscale), 2 when one way twice as much as the other (4:2:2, 4:4:0), 1 (no scaling)
+    for anything more lopsided (4:1:1).
 
     libjpeg scales a chroma block up by its IDCT only by the same factor both ways, so unequal subsampling keeps
-    the chroma at its own reduced resolution and upsamples it; at 1/4 and 1/8 the picture, then only 1-2 times the
-    crop's output size, lacks colour detail that timm's full decode has (PSNR down to 20-26 dB against timm's
-    reduced image), at 1/2 it stays above 32 dB (measured: ``scripts/bench_loader.py --subsampling-images``)."""
+    the chroma at its own reduced resolution and upsamples it; the picture, then only 1-2 times the crop's output
+    size, lacks colour detail that timm's full decode has. Measured against timm's reduced image (worst crop of
+    100 ImageNet photos re-encoded, 32 px): 4:2:2 28.1 dB at any scale, 34.0 dB at 1/2 at most; 4:1:1 24.3 dB,
+    still 27.7 dB at 1/2 at 56 px; 4:4:4 and 4:2:0 31 dB at any scale (``scripts/bench_loader.py
+    --subsampling-images``)."""
     layers = getattr(img, 'layer', None) or []
     if len(layers) < 2:
         return 8
     h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
-    alike = all(h_max * layer[2] == v_max * layer[1] for layer in layers)
-    return 8 if alike else 2
+    lopsided = max(max(h_max * layer[2], v_max * layer[1]) / min(h_max * layer[2], v_max * layer[1])
+                   for layer in layers)
+    return 8 if lopsided == 1 else 2 if lopsided == 2 else 1
 
 
 def draft(img: Image.Image, scale: int) -> int:
@@ -296,7 +300,8 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
     ReducedDecodeDataset.adopt(dataset, reduced)
     parts = []
     if reduced_copy:
-        parts.append(f'read from the reduced copy {copy_dir} (1/{copy_scale:g} size)')
+        unread = f'; {len(skipped)} images it could not read from the original' if skipped else ''
+        parts.append(f'read from the reduced copy {copy_dir} (1/{copy_scale:g} size{unread})')
     if fast_decode:
         parts.append('JPEGs decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves the crop enough pixels '
                      '(--no-trd-fast-decode to turn off)')
