@@ -62,7 +62,8 @@ class _Findings:
         self.kinds[kind] = (count + 1, examples + [rel] if len(examples) < SHOWN else examples)
 
     def line(self) -> str:
-        return '; '.join(f'{count} {kind} (e.g. {", ".join(examples)})' for kind, (count, examples) in self.kinds.items())
+        return '; '.join(f'{count} {kind} (e.g. {", ".join(examples)})'
+                         for kind, (count, examples) in self.kinds.items())
 
 
 def check_copy(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPLE) -> CheckedCopy:
@@ -98,7 +99,9 @@ def check_copy(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPL
 
 def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
     """Every check of the module docstring; returns (findings, the skipped training images)."""
-    training = {os.path.relpath(path, root): path for path, _ in samples}
+    prefix = os.path.join(root, '')
+    training = {path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root): path
+                for path, _ in samples}
     problems, copied, skipped, index_hash = _Findings(), [], [], hashlib.sha256()
     seen = set()
     for line, entry in ci.iter_index(os.path.join(copy_dir, ci.INDEX)):

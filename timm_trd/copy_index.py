@@ -137,8 +137,9 @@ def scan_tree(root: str, extensions) -> Tuple[List[str], List[str]]:
     """The image files (by extension) and the leftover temporary files under ``root``, relative to it."""
     images, temps = [], []
     for folder, _, files in os.walk(root, followlinks=True):
+        base = os.path.relpath(folder, root)  # once per folder: relpath is the slow part for 1 M files
         for name in files:
-            rel = os.path.relpath(os.path.join(folder, name), root)
+            rel = name if base == '.' else os.path.join(base, name)
             if TEMP_MARK in name:
                 temps.append(rel)
             elif os.path.splitext(name)[1].lower() in extensions:

@@ -167,21 +167,9 @@ def make_copy(src: str, dst: str, scale: float = 2.0, quality: int = 90, img_mod
     removed, temps = _tidy(dst, relpaths)
     for folder in sorted({os.path.dirname(r) for r in relpaths}):
         os.makedirs(os.path.join(dst, folder), exist_ok=True)
-    journal = ci.open_journal(journal_path, settings)
     jobs = [(os.path.join(src, r), os.path.join(dst, r), r, previous.get(r), float(scale), quality, img_mode)
             for r in relpaths]
-    entries, counts, modes, formats = [], dict(written=0, kept=0, skipped=0), {}, {}
-    bar = _progress(len(jobs), progress)
-    with journal, ProcessPoolExecutor(workers or os.cpu_count(), initializer=_exit_with_parent) as pool:
-        for entry, status, mode, fmt in pool.map(_job, jobs, chunksize=4):
-            journal.write(ci.format_entry(entry))
-            entries.append(entry)
-            counts[status] += 1
-            if mode is not None:
-                modes[mode] = modes.get(mode, 0) + 1
-                formats[fmt] = formats.get(fmt, 0) + 1
-            bar.update(1)
-    bar.close()
+    entries, counts, modes, formats = _run(jobs, ci.open_journal(journal_path, settings), workers, progress)
     index_digest = ci.write_index(index_path, settings, entries)
     os.remove(journal_path)
     skipped = sorted((e.rel, e.reason) for e in entries if e.skipped)
@@ -194,6 +182,24 @@ def make_copy(src: str, dst: str, scale: float = 2.0, quality: int = 90, img_mod
                     settings_changed_from=next((s for s in earlier if s != settings), None))
     ci.write_manifest(dst, manifest)
     return manifest
+
+
+def _run(jobs, journal, workers: Optional[int], progress: bool):
+    """Run :func:`copy_one` on every job in worker processes, each result recorded in the journal as it comes;
+    returns (entries, counts by outcome, source modes, written formats)."""
+    entries, counts, modes, formats = [], dict(written=0, kept=0, skipped=0), {}, {}
+    bar = _progress(len(jobs), progress)
+    with journal, ProcessPoolExecutor(workers or os.cpu_count(), initializer=_exit_with_parent) as pool:
+        for entry, status, mode, fmt in pool.map(_job, jobs, chunksize=4):
+            journal.write(ci.format_entry(entry))
+            entries.append(entry)
+            counts[status] += 1
+            if mode is not None:
+                modes[mode] = modes.get(mode, 0) + 1
+                formats[fmt] = formats.get(fmt, 0) + 1
+            bar.update(1)
+    bar.close()
+    return entries, counts, modes, formats
 
 
 def _progress(total: int, enabled: bool):
