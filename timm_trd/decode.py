@@ -304,6 +304,7 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
         parts.append(f'read from the reduced copy {copy_dir} (1/{copy_scale:g} size{unread})')
     if fast_decode:
         parts.append('JPEGs decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves the crop enough pixels '
+                     'and keeps the colour (4:2:2 and 4:4:0 at 1/2 at most, 4:1:1 unscaled) '
                      '(--no-trd-fast-decode to turn off)')
     return 'TRD: reduced images: ' + '; '.join(parts)
 
