@@ -27,6 +27,9 @@ images/s, today / fast / copy, interleaved.
 
 Part 3, the reduced copy: written with timm-trd-reduced-copy when ``--copy`` has none (preparation time, disk).
 
+Part 4 (``--subsampling-images N``), fast decode and chroma subsampling: the share of the images under each rule
+of ``timm_trd.decode.colour_scale``, and the PSNR per subsampling (N photos re-encoded at each), with and without it.
+
 Then the loader workers each GPU needs so that steps are not data-bound, from the per-worker images/s and the
 GPU's step throughput (``--gpu-img-s`` at F, ``--gpu-speedup`` at S). Prints tables, writes JSON (``--out``).
 """
@@ -168,10 +171,10 @@ def quality(args, files, root, copy_dir):
 
 
 def subset_view(root, copy_dir, count, where):
-    """The first ``count`` images of ``root`` (and of its copy, with its manifest) as folders of symbolic links,
-    so that an epoch is ``count`` images and the copy still passes the plugin's check."""
+    """The first ``count`` images of ``root`` (and of its copy, with its record cut to them) as folders of symbolic
+    links, so that an epoch is ``count`` images and the copy still passes the plugin's check."""
     import shutil
-    from timm_trd.reduced_copy import tree_digest
+    from timm_trd import copy_index as ci
     where = Path(where)
     shutil.rmtree(where, ignore_errors=True)
     rels = image_files(root)[:count]
@@ -179,13 +182,82 @@ def subset_view(root, copy_dir, count, where):
         if base is None:
             continue
         for rel in rels:
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.path.realpath(os.path.join(base, rel)), target / rel)
+            if os.path.exists(os.path.join(base, rel)):
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.path.realpath(os.path.join(base, rel)), target / rel)
     if copy_dir:
-        manifest = json.loads((Path(copy_dir) / MANIFEST).read_text())
-        manifest.update(files=len(rels), digest=tree_digest(rels))
-        (where / 'copy' / MANIFEST).write_text(json.dumps(manifest))
+        manifest = ci.load_manifest(copy_dir)
+        settings = {k: manifest[k] for k in ('version', 'scale', 'quality', 'input_img_mode')}
+        wanted = set(rels)
+        entries = [e for e in ci.read_entries(os.path.join(copy_dir, ci.INDEX), settings).values() if e.rel in wanted]
+        manifest.update(images=len(entries), copied=sum(not e.skipped for e in entries),
+                        skipped=sum(e.skipped for e in entries),
+                        index_sha256=ci.write_index(str(where / 'copy' / ci.INDEX), settings, entries))
+        ci.write_manifest(str(where / 'copy'), manifest)
     return str(where / 'train'), (str(where / 'copy') if copy_dir else None)
+
+
+def subsampling_of(img):
+    """'4:4:4', '4:2:2', ... or 'grey' / 'other', from an opened JPEG's frame header."""
+    layers = getattr(img, 'layer', None) or []
+    if len(layers) == 1:
+        return 'grey'
+    names = {(1, 1): '4:4:4', (2, 1): '4:2:2', (2, 2): '4:2:0', (4, 1): '4:1:1', (1, 2): '4:4:0'}
+    if len(layers) == 3 and all(tuple(l[1:3]) == (1, 1) for l in layers[1:]):
+        return names.get(tuple(layers[0][1:3]), 'other')
+    return 'other'
+
+
+def subsampling(args, files):
+    """Part 4, fast decode and chroma subsampling: the share of the data set's JPEGs under each rule of
+    ``decode.colour_scale`` (from their headers), and the PSNR of fast decode against today's reduced image with
+    the first ``--subsampling-images`` photos re-encoded at every subsampling (quality 90; Pillow for 4:4:4,
+    4:2:2, 4:2:0 and greyscale, the test suite's encoder for 4:1:1 and 4:4:0), with the rule and without it."""
+    import io
+    from timm_trd import decode
+    sys.path.insert(0, str(ROOT / 'tests'))
+    import jpeg_sampling
+    shares = {}
+    for path in files:
+        with Image.open(path) as img:
+            name = subsampling_of(img) if img.format == 'JPEG' else 'not JPEG'
+            limit = decode.colour_scale(img) if img.format == 'JPEG' else None
+        key = (name, limit)
+        shares[key] = shares.get(key, 0) + 1
+    tf = transform(args.trd_size, None, True, unit=True)
+    rule_on, rule_off = decode.colour_scale, (lambda img: 8)
+    table = {}
+    for name in ('4:4:4', '4:2:0', '4:2:2', '4:1:1', '4:4:0', 'grey'):
+        datas = []
+        for path in files[:args.subsampling_images]:
+            picture = Image.open(path).convert('L' if name == 'grey' else 'RGB')
+            if name in ('4:1:1', '4:4:0'):
+                datas.append(jpeg_sampling.encode(picture, name, 90))
+            else:
+                out = io.BytesIO()
+                picture.save(out, 'JPEG', quality=90, subsampling=0 if name == 'grey' else name)
+                datas.append(out.getvalue())
+        row = {}
+        for label, rule in (('rule', rule_on), ('no rule', rule_off)):
+            decode.colour_scale = rule
+            try:
+                loading = ReducedLoading(tf, 'RGB')
+                values = []
+                for n, data in enumerate(datas):
+                    random.seed(n)
+                    torch.manual_seed(n)
+                    ref = tf(Image.open(io.BytesIO(data)).convert('RGB'))
+                    random.seed(n)
+                    torch.manual_seed(n)
+                    values.append(min(psnr(ref, loading.load(io.BytesIO(data))), 60.0))
+            finally:
+                decode.colour_scale = rule_on
+            v = np.array(values)
+            row[label] = dict(mean=float(v.mean()), p5=float(np.percentile(v, 5)), min=float(v.min()))
+        table[name] = row
+    return dict(shares=[dict(subsampling=k[0], max_scale=k[1], images=n, share=n / len(files))
+                        for k, n in sorted(shares.items(), key=lambda kv: -kv[1])], psnr=table,
+                images=len(files), reencoded=min(args.subsampling_images, len(files)))
 
 
 def loader_path(args, root, copy_dir, count):
@@ -271,9 +343,25 @@ def print_tables(args, info):
         print('|---|---|---|---|')
         for mode, s in info['loader'].items():
             print(f"| {mode} | {s['full']:.0f} | {s['reduced']:.0f} | {s['ratio']:.3f} |")
+    if info.get('subsampling'):
+        sub = info['subsampling']
+        print(f"\nchroma subsampling of the {sub['images']} images and the largest DCT scale fast decode uses")
+        print('| subsampling | max scale | images | share |')
+        print('|---|---|---|---|')
+        for r in sub['shares']:
+            print(f"| {r['subsampling']} | {'-' if r['max_scale'] is None else '1/' + str(r['max_scale'])} | "
+                  f"{r['images']} | {100 * r['share']:.1f}% |")
+        print(f"\nPSNR of fast decode against today's reduced image, {sub['reencoded']} images re-encoded at each "
+              f"subsampling (quality 90), {args.trd_size} px, dB: with the rule / without it (every scale)")
+        print('| subsampling | mean | p5 | min | mean, no rule | p5, no rule | min, no rule |')
+        print('|---|---|---|---|---|---|---|')
+        for name, row in sub['psnr'].items():
+            a, b = row['rule'], row['no rule']
+            print(f"| {name} | {a['mean']:.1f} | {a['p5']:.1f} | {a['min']:.1f} | {b['mean']:.1f} | {b['p5']:.1f} | "
+                  f"{b['min']:.1f} |")
     if info.get('copy'):
         c = info['copy']
-        print(f"\nreduced copy: {c['files']} images, {c['copy_bytes'] / 2**20:.1f} MiB = "
+        print(f"\nreduced copy: {c['images']} images, {c['copy_bytes'] / 2**20:.1f} MiB = "
               f"{c['copy_bytes'] / c['source_bytes']:.2f} of the original {c['source_bytes'] / 2**20:.1f} MiB, "
               f"JPEG quality {c['quality']}; written in {c['seconds_this_run']:.1f} s "
               f"({c['written_this_run']} images, {args.copy_workers} processes)")
@@ -314,6 +402,8 @@ def parse_args(argv=None):
     p.add_argument('--no-prefetcher', dest='prefetcher', action='store_false')
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--warmup-rounds', type=int, default=1)
+    p.add_argument('--subsampling-images', type=int, default=0,
+                   help='photos re-encoded at every chroma subsampling for part 4 (0: skip part 4)')
     p.add_argument('--loader-workers', type=int, default=2)
     p.add_argument('--loader-images', type=int, default=800)
     p.add_argument('--loader-rounds', type=int, default=3, help='0: skip the loader path')
@@ -343,6 +433,8 @@ def main(argv=None):
     info['psnr'] = quality(args, files[:args.psnr_images], root, copy_dir)
     if args.loader_rounds > 0:
         info['loader'] = loader_path(args, root, copy_dir, min(args.loader_images, len(files)))
+    if args.subsampling_images > 0:
+        info['subsampling'] = subsampling(args, files)
     info['workers_per_gpu'] = workers_needed(args, info['per_worker'])
     info['seconds'] = time.time() - start
     print_tables(args, info)

@@ -11,14 +11,15 @@ from PIL import Image
 from timm.data import ImageDataset, create_loader, create_transform
 
 from conftest import PATHS
+from jpeg_sampling import SAMPLINGS, luma_factors, save as save_jpeg
 from timm_trd.decode import (ReducedDecodeDataset, ReducedLoading, attach, crop_scale, draft, fixed_scale,
                              split_transform)
 
 pytestmark = pytest.mark.skipif(ReducedDecodeDataset is None, reason='needs the loader path (timm >= 1.0.29)')
 
 
-def photo(rng: np.random.Generator, w: int = 320, h: int = 240) -> Image.Image:
-    """A photo-like picture: smooth 1/f colour field, a few hard-edged shapes, sensor noise."""
+def photo(rng: np.random.Generator, w: int = 320, h: int = 240, shapes: int = 4) -> Image.Image:
+    """A photo-like picture: smooth 1/f colour field, a few (``shapes``) hard-edged shapes, sensor noise."""
     yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
     field = np.zeros((h, w, 3))
     for f in (1, 2, 4, 8, 16, 32):
@@ -26,7 +27,7 @@ def photo(rng: np.random.Generator, w: int = 320, h: int = 240) -> Image.Image:
             angle, phase = rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi)
             field[..., c] += np.sin(2 * math.pi * f * (xx * math.cos(angle) + yy * math.sin(angle)) + phase) / f
     pixels = 128 + 60 * field
-    for _ in range(4):
+    for _ in range(shapes):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, h / 3)
         pixels[(xx * max(w, h) - cx) ** 2 + (yy * max(w, h) - cy) ** 2 < r * r] = rng.integers(0, 256, size=3)
     pixels += rng.normal(0, 3, size=pixels.shape)
@@ -96,6 +97,44 @@ def test_reduced_image_is_the_same_picture(tmp_path, out):
     assert min(values) >= 30
     assert len(set(scales) - {1}) >= 1  # some crops were decoded at a reduced scale
     assert all(math.isinf(v) for v, k in zip(values, scales) if k == 1)  # scale 1 is exactly timm's path
+
+
+def write_subsampled(path, picture, sampling):
+    """A JPEG with the given chroma subsampling: Pillow's where it writes it, else the test encoder's."""
+    if sampling == 'grey':
+        picture.convert('L').save(path, format='JPEG', quality=90)
+    elif sampling in ('4:4:4', '4:2:2', '4:2:0'):
+        picture.save(path, format='JPEG', quality=90, subsampling=sampling)
+    else:
+        save_jpeg(picture, path, sampling, quality=90)
+    return path
+
+
+@pytest.mark.parametrize('sampling', ['4:4:4', '4:2:0', '4:2:2', '4:1:1', '4:4:0', 'grey'])
+def test_fast_decode_keeps_the_colour_of_every_subsampling(tmp_path, sampling):
+    """libjpeg's scaled decode keeps chroma at its own resolution when it is subsampled unequally: at 1/4 and 1/8
+    a 4:2:2 or 4:4:0 JPEG loses colour against timm's reduced image, so it is decoded at 1/2 at most, and 4:1:1
+    (lost even at 1/2 on real photos) at full size; every crop stays >= 30 dB PSNR (the README's floor)."""
+    rng = np.random.default_rng(3)
+    files = [write_subsampled(tmp_path / f'{n}.jpg', photo(rng, 480, 360, shapes=32), sampling) for n in range(6)]
+    opened = Image.open(files[0])
+    assert luma_factors(opened) == ((1, 1) if sampling == 'grey' else SAMPLINGS[sampling])
+    limit = 1 if sampling == '4:1:1' else 8 if sampling in ('4:4:4', '4:2:0', 'grey') else 2
+    assert draft(opened, 8) == limit
+    transform = unit_transform(24)
+    loading = ReducedLoading(transform, 'RGB')
+    values = []
+    for n, path in enumerate(files * 4):
+        ref = same_draws(n, lambda: today(path, transform))
+        fast = same_draws(n, lambda: loading.load(open(path, 'rb')))
+        values.append(min(psnr(ref, fast), 60.0))
+    print(f'{sampling}: PSNR at 24 px over {len(values)} crops: mean {np.mean(values):.1f} dB, '
+          f'p5 {np.percentile(values, 5):.1f} dB, min {min(values):.1f} dB')
+    if limit == 1:
+        assert min(values) == 60  # never scaled: exactly timm's picture
+    else:
+        assert max(values) < 60  # DCT scaling was used (a crop at scale 1 is identical)
+    assert min(values) >= 30
 
 
 def test_png_and_small_images_fall_through_unchanged(tmp_path):

@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, FrozenSet, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -60,12 +60,36 @@ def fixed_scale(full_hw: Sequence[int], reduced_hw: Sequence[int], scales: Seque
     return next((k for k in scales if k <= ratio), 1)
 
 
+def colour_scale(img: Image.Image) -> int:
+    """The largest DCT scale that keeps the colour of this (opened) JPEG: 8 when its chroma is subsampled alike
+    both ways (4:4:4, 4:2:0, greyscale), 2 when one way twice as much as the other (4:2:2, 4:4:0), 1 (no scaling)
+    for anything more lopsided (4:1:1).
+
+    libjpeg scales a chroma block up by its IDCT only by the same factor both ways, so unequal subsampling keeps
+    the chroma at its own reduced resolution and upsamples it; the picture, then only 1-2 times the crop's output
+    size, lacks colour detail that timm's full decode has. Measured against timm's reduced image (worst crop of
+    100 ImageNet photos re-encoded, 32 px): 4:2:2 28.1 dB at any scale, 34.0 dB at 1/2 at most; 4:1:1 24.3 dB,
+    still 27.7 dB at 1/2 at 56 px; 4:4:4 and 4:2:0 31 dB at any scale (``scripts/bench_loader.py
+    --subsampling-images``)."""
+    layers = getattr(img, 'layer', None) or []
+    if len(layers) < 2:
+        return 8
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+    lopsided = max(max(h_max * layer[2], v_max * layer[1]) / min(h_max * layer[2], v_max * layer[1])
+                   for layer in layers)
+    return 8 if lopsided == 1 else 2 if lopsided == 2 else 1
+
+
 def draft(img: Image.Image, scale: int) -> int:
-    """Ask a lazily opened JPEG to decode at 1/``scale``; returns the scale it took (1: unchanged).
+    """Ask a lazily opened JPEG to decode at 1/``scale`` (at most :func:`colour_scale`); returns the scale it took
+    (1: unchanged).
 
     Anything but a not-yet-decoded JPEG is left as it is. libjpeg's picture at 1/k maps pixel ``x`` to the
     original's ``[k x, k (x + 1))`` exactly (the last one partly), whatever the rounding of its size."""
     if scale <= 1 or getattr(img, 'format', None) != 'JPEG' or not hasattr(img, 'draft'):
+        return 1
+    scale = min(scale, colour_scale(img))
+    if scale <= 1:
         return 1
     w, h = img.size
     if w // scale < 1 or h // scale < 1:
@@ -129,11 +153,12 @@ class ReducedLoading:
     ``rule`` 'crop' (the one the plugin uses) decodes at :func:`crop_scale`, 'fixed' (for the benchmark) at
     :func:`fixed_scale`. ``copy_rule`` 'always' (the plugin's) reads every reduced image from the copy (and
     decodes it further only when the crop allows), 'when-fits' (for the benchmark) only those whose crop has
-    the reduced size in pixels there. ``transform`` is timm's reduced training transform."""
+    the reduced size in pixels there. ``transform`` is timm's reduced training transform. ``skipped``: the
+    source images (relative to ``source_root``) the copy does not hold, read from the original."""
 
     def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_dir: Optional[str] = None,
                  source_root: Optional[str] = None, copy_scale: float = 2.0, rule: str = 'crop', full_hw=None,
-                 copy_rule: str = 'always'):
+                 copy_rule: str = 'always', skipped: FrozenSet[str] = frozenset()):
         self.crop, self.rest = split_transform(transform)
         self.transform = transform
         self.img_mode = img_mode
@@ -141,6 +166,7 @@ class ReducedLoading:
         self.copy_dir = copy_dir
         self.source_root = source_root
         self.copy_scale = float(copy_scale)
+        self.skipped = frozenset(skipped)  # images the copy lacks (unreadable sources): read from the original
         if rule not in ('crop', 'fixed'):
             raise ValueError(f"rule must be 'crop' or 'fixed', got {rule!r}")
         self.rule = rule
@@ -156,7 +182,8 @@ class ReducedLoading:
     def copy_path(self, source_path: str) -> Optional[str]:
         if self.copy_dir is None:
             return None
-        return os.path.join(self.copy_dir, os.path.relpath(source_path, self.source_root))
+        rel = os.path.relpath(source_path, self.source_root)
+        return None if rel in self.skipped else os.path.join(self.copy_dir, rel)
 
     def scale_for(self, crop_hw) -> int:
         """The JPEG scale to decode a crop of ``crop_hw`` pixels (of the picture at hand) at."""
@@ -263,18 +290,21 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
             from .config import TRDConfigError
             raise TRDConfigError(f'--trd-reduced-copy cannot be used: {why}; drop --trd-reduced-copy')
         return f'TRD: reduced images are decoded at full size ({why})'
-    copy_dir, copy_scale, reader = None, 2.0, dataset.dataset.reader
+    copy_dir, copy_scale, skipped, reader = None, 2.0, frozenset(), dataset.dataset.reader
     if reduced_copy:
-        from .reduced_copy import check_copy
-        copy_dir, copy_scale = check_copy(reader, reduced_copy)
+        from .copy_check import check_copy
+        copy_dir, copy_scale, skipped = check_copy(reader, reduced_copy, dataset.dataset.input_img_mode)
     reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode, fast_decode=fast_decode,
-                             copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale)
+                             copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale,
+                             skipped=skipped)
     ReducedDecodeDataset.adopt(dataset, reduced)
     parts = []
     if reduced_copy:
-        parts.append(f'read from the reduced copy {copy_dir} (1/{copy_scale:g} size)')
+        unread = f'; {len(skipped)} images it could not read from the original' if skipped else ''
+        parts.append(f'read from the reduced copy {copy_dir} (1/{copy_scale:g} size{unread})')
     if fast_decode:
         parts.append('JPEGs decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves the crop enough pixels '
+                     'and keeps the colour (4:2:2 and 4:4:0 at 1/2 at most, 4:1:1 unscaled) '
                      '(--no-trd-fast-decode to turn off)')
     return 'TRD: reduced images: ' + '; '.join(parts)
 
