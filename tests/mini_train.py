@@ -2,7 +2,9 @@
 
 It keeps the names timm-trd hooks into (``parser``, ``_parse_args``, ``create_loader``,
 ``train_one_epoch``, ``main``, ``NativeDDP``) and uses real timm code for everything it does: datasets,
-``create_loader`` (prefetcher, ``FastCollateMixup``, distributed samplers), ``Mixup``, a timm model.
+``create_loader`` (prefetcher, ``FastCollateMixup``, distributed samplers), ``Mixup``, a timm model, timm's
+``LogitDistillationTask`` with ``--kd-model-name`` (the teacher built here without pretrained weights, handed to
+``train_one_epoch`` as ``task`` as train.py does).
 Each step's input shape is recorded; ``main`` returns the record, prints it as one ``MINI_RESULT {json}``
 line and, with ``--result-dir``, writes it to a file per rank.
 """
@@ -63,6 +65,7 @@ parser.add_argument('--naflex-loader', action='store_true', default=False)
 parser.add_argument('--iterable', action='store_true', default=False,
                     help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
 parser.add_argument('--channels-last', action='store_true', default=False)
+parser.add_argument('--kd-model-name', default=None, help='a teacher (randomly initialised) for logit distillation')
 parser.add_argument('--result-dir', default=None, help='also write the record to RESULT_DIR/rank<N>.json')
 
 STEPS = {}  # epoch -> list of input shapes seen by the training loop
@@ -93,7 +96,7 @@ def _parse_args():
     return args, yaml.safe_dump(args.__dict__)
 
 
-def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None):
+def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None, task=None):
     shapes = STEPS.setdefault(epoch, [])
     total, count = 0.0, 0
     model.train()
@@ -105,8 +108,10 @@ def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         shapes.append(list(input.shape))
-        output = model(input)
-        loss = F.cross_entropy(output, target)  # soft (mixup) targets work too
+        if task is not None:
+            loss = task(input, target)['loss']
+        else:
+            loss = F.cross_entropy(model(input), target)  # soft (mixup) targets work too
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -184,6 +189,12 @@ def main():
     )
     if args.distributed:
         model = NativeDDP(model, device_ids=[device])
+    task = None
+    if args.kd_model_name:
+        from timm.task import LogitDistillationTask
+        teacher = create_model(args.kd_model_name, num_classes=args.num_classes)
+        task = LogitDistillationTask(student_model=model, teacher_model=teacher, criterion=torch.nn.CrossEntropyLoss(),
+                                     verbose=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     start_epoch = 0
     if args.resume:
@@ -202,7 +213,7 @@ def main():
     _, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader))
     epochs = []
     for epoch in range(start_epoch, num_epochs):
-        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn)
+        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn, task=task)
         epochs.append(dict(metrics))
         if loader_eval is not None:
             validate(model, loader_eval, args)

@@ -37,6 +37,7 @@ import functools
 import json
 import math
 import random
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -348,16 +349,16 @@ def _probes(run: _Evaluator, targets, indices, full, blur, shuffle, conflict_sig
 def evaluate_checkpoint(checkpoint: str, data_dir: str, model_name: str, num_classes: Optional[int] = None,
                         use_ema: bool = False, **kwargs) -> dict:
     """Build ``model_name`` with timm, load ``checkpoint`` (timm's ``load_checkpoint``) and :func:`evaluate_model`.
-    ``num_classes`` defaults to the number of classes in the test folder."""
-    from timm.data import create_dataset
-    from timm.models import create_model, load_checkpoint
+    ``num_classes`` defaults to the number of classes in the test folder. The inputs are checked first
+    (:mod:`timm_trd.eval_inputs`: raises TRDConfigError with the fix)."""
+    from timm.models import create_model
+    from .eval_inputs import check_inputs, load_weights
 
-    if num_classes is None:
-        split = kwargs.get('split', 'val')
-        reader = getattr(create_dataset('', root=str(data_dir), split=split), 'reader', None)
-        num_classes = len(getattr(reader, 'class_to_idx', {}) or {}) or None
+    recal = kwargs.get('recal_batches', 20) > 0  # the recalibration batches come from the training split
+    num_classes, origin = check_inputs(str(checkpoint), str(data_dir), model_name, num_classes,
+                                       kwargs.get('split', 'val'), kwargs.get('train_split', 'train') if recal else None)
     model = create_model(model_name, **({'num_classes': num_classes} if num_classes else {}))
-    load_checkpoint(model, str(checkpoint), use_ema=use_ema)
+    load_weights(model, str(checkpoint), use_ema, model_name, num_classes, origin)
     result = evaluate_model(model, data_dir, **kwargs)
     return {'checkpoint': str(checkpoint), 'model': model_name, 'num_classes': num_classes, **result}
 
@@ -436,7 +437,8 @@ def run(argv=None) -> dict:
     parser.add_argument('--crop-pct', type=float, default=None, help='test crop fraction (default: the model\'s)')
     parser.add_argument('--scale', type=float, nargs=2, default=None,
                         help='RandomResizedCrop scale of the recalibration batches (train.py\'s --scale)')
-    parser.add_argument('--split', default='val', help='test split (default: val)')
+    parser.add_argument('--split', default='val', help='test folder inside --data-dir (default: val, or timm\'s '
+                        'synonyms: validation, valid, eval; . for --data-dir itself)')
     parser.add_argument('--train-split', default='train', help='split the recalibration batches come from')
     parser.add_argument('--recal-batches', type=int, default=20, help='BatchNorm recalibration batches (0: off)')
     parser.add_argument('--recal-batch-size', type=int, default=64)
@@ -461,13 +463,18 @@ def run(argv=None) -> dict:
             or args.conflict_sigma <= 0 or any(k < 2 for k in args.shuffle_grids):
         parser.error('need --probe-images >= 0, --recal-batches >= 0, sigmas > 0 and shuffle grids >= 2')
 
-    result = evaluate_checkpoint(
-        args.checkpoint, args.data_dir, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
-        img_size=args.img_size, sizes=args.sizes, recal_batches=args.recal_batches,
-        recal_batch_size=args.recal_batch_size, scale=args.scale, blur=args.blur_sigmas, shuffle=args.shuffle_grids,
-        conflict_sigma=args.conflict_sigma, probe_images=args.probe_images or None, max_images=args.max_images,
-        seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        crop_pct=args.crop_pct, split=args.split, train_split=args.train_split)
+    from .config import TRDConfigError
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint, args.data_dir, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
+            img_size=args.img_size, sizes=args.sizes, recal_batches=args.recal_batches,
+            recal_batch_size=args.recal_batch_size, scale=args.scale, blur=args.blur_sigmas, shuffle=args.shuffle_grids,
+            conflict_sigma=args.conflict_sigma, probe_images=args.probe_images or None, max_images=args.max_images,
+            seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device,
+            crop_pct=args.crop_pct, split=args.split, train_split=args.train_split)
+    except TRDConfigError as e:
+        print(f'timm-trd-eval: error: {e}', file=sys.stderr)
+        sys.exit(2)
     if args.json == '-':
         print(json.dumps(result, indent=1))
         return result

@@ -28,6 +28,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -141,12 +142,32 @@ def find_train_script(explicit: Optional[str] = None) -> Path:
         f'no train.py found (no --train-script, no ${ENV_VAR}, no ./train.py, no {cached}{stale}); {HOW_TO_GET}')
 
 
+def check_train_script(path: Path) -> None:
+    """Refuse, before it is imported (so nothing in it runs), a file that is not a train.py timm-trd can attach
+    to: not readable as text, not Python (``setup.cfg``), or without the seams (read and parsed, never run)."""
+    try:
+        source = Path(path).read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as e:
+        raise TRDConfigError(f'cannot read {path} as a Python train.py ({e}); {HOW_TO_GET}') from None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise TRDConfigError(f'{path} is not a Python file (line {e.lineno}: {e.msg}), so not timm\'s train.py; '
+                             f'{HOW_TO_GET}') from None
+    if any(isinstance(node, ast.ImportFrom) and any(a.name == '*' for a in node.names) for node in ast.walk(tree)):
+        return  # a star import may bind the seams: the check after the import decides
+    missing = [name for name in required_seams() if name not in module_level_names(source)]
+    if missing:
+        raise TRDConfigError(f'{path} is not timm\'s train.py (it lacks {", ".join(missing)}); {HOW_TO_GET}')
+
+
 def load_train_module(path: Path, name: str = 'timm_train_script'):
-    """Import train.py as a module, with its folder first on sys.path as ``python train.py`` would have it."""
+    """Import train.py as a module, with its folder first on sys.path as ``python train.py`` would have it.
+    Any file name works (``train``, ``train.py.orig``): it is read as Python source."""
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=SourceFileLoader(name, str(path)))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -292,6 +313,7 @@ def print_help(rest: List[str], explicit: Optional[str]) -> None:
     """The launcher's help; then train.py's (which exits) when one is found."""
     try:
         path, problem = find_train_script(explicit), None
+        check_train_script(path)
     except TRDConfigError as e:
         path, problem = None, str(e)
     launcher_parser(with_trd_options=path is None).print_help()
@@ -318,6 +340,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             print_help(rest, script)
             return
         path = find_train_script(script)
+        check_train_script(path)
         module = load_train_module(path)
         install(module)
         sys.argv = [str(path)] + rest
