@@ -32,6 +32,8 @@ parser.add_argument('--data-dir', default=None)
 parser.add_argument('--model', default='resnet10t')
 parser.add_argument('--num-classes', type=int, default=4)
 parser.add_argument('--img-size', type=int, default=32)
+parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W',
+                    help='the training size as train.py takes it (overrides --img-size)')
 parser.add_argument('-b', '--batch-size', type=int, default=8)
 parser.add_argument('--epochs', type=int, default=2)
 parser.add_argument('--cooldown-epochs', type=int, default=0)
@@ -53,6 +55,7 @@ parser.add_argument('--no-prefetcher', action='store_true', default=False)
 parser.add_argument('--mixup', type=float, default=0.0)
 parser.add_argument('--cutmix', type=float, default=0.0)
 parser.add_argument('--aug-splits', type=int, default=0)
+parser.add_argument('--aug-repeats', type=int, default=0, help='handed to create_loader as train.py does')
 parser.add_argument('--use-multi-epochs-loader', action='store_true', default=False)
 parser.add_argument('--train-img-sizes', type=int, nargs='+', default=None)
 # train.py's (main branch) own scheduled-loader options, handed to create_loader as train.py hands them
@@ -174,7 +177,7 @@ def main():
 
     loader = create_loader(
         dataset,
-        input_size=(3, args.img_size, args.img_size),
+        input_size=tuple(args.input_size or (3, args.img_size, args.img_size)),
         batch_size=args.batch_size,
         is_training=True,
         use_prefetcher=args.prefetcher,
@@ -183,6 +186,7 @@ def main():
         distributed=args.distributed,
         collate_fn=collate_fn,
         num_aug_splits=args.aug_splits,
+        num_aug_repeats=args.aug_repeats,
         use_multi_epochs_loader=args.use_multi_epochs_loader,
         persistent_workers=args.workers > 0,  # timm 1.0.28 hands True to a DataLoader without workers, which refuses it
         **scheduled_loader_kwargs(args),
