@@ -44,7 +44,7 @@ def check_aug_repeats(args: argparse.Namespace, recipe: dict = None) -> None:
     if repeats and not distributed_launch():
         source = ' (set by the -c recipe)' if recipe and recipe.get('aug_repeats') == repeats else ''
         raise TRDConfigError(
-            f'--aug-repeats {repeats}{source} needs several processes (timm repeats augmentations with its '
+            f'--aug-repeats {repeats:g}{source} needs several processes (timm repeats augmentations with its '
             f'distributed RepeatAugSampler); add --aug-repeats 0 for a single process, or launch with torchrun '
             f'--nproc-per-node N (N >= 2)')
 
