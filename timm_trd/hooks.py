@@ -7,14 +7,16 @@ calls lives in a module of its own:
 - ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.config`), so ``--help`` and ``-c`` know them;
 - ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.recipe_keys`), train.py inputs that would end in a
   traceback (:mod:`~timm_trd.train_inputs`) and the TRD settings, against the epochs train.py's scheduler will run
-  (:mod:`~timm_trd.epochs`), before anything is built;
+  (:mod:`~timm_trd.epochs`), before anything is built; with ``--resume``, compares them with the checkpoint's
+  (:mod:`~timm_trd.resume`);
 - ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data_path` picks
   (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.sampler`) and wrapped in a
   :class:`~timm_trd.loader.TRDLoader`; other loaders pass through;
 - ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
 - ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
   (:mod:`~timm_trd.report`, :mod:`~timm_trd.accounting`) to the train metrics, which train.py hands to timm's
-  ``update_summary`` (summary.csv, wandb);
+  ``update_summary`` (summary.csv, wandb), and records what the epoch served in train.py's args, which its
+  checkpoints save (:mod:`~timm_trd.resume`);
 - ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first
   (:mod:`~timm_trd.bn_recal`);
 - the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.ddp_cpu`);
@@ -22,9 +24,9 @@ calls lives in a module of its own:
 
 With ``--trd-prob 0`` (the default) the loader, epoch, scheduler and validation seams call straight through
 (same loader object, same metrics). What still acts at P 0: the ``-c`` key check (a typo stops the run), the
-checks of :mod:`~timm_trd.train_inputs`, the
-CPU-DDP fix (a run that would crash runs), the wandb guard (a wandb failure no longer stops the run), and a
-warning when a ``--trd-*`` setting is given that has no effect without ``--trd-prob``.
+checks of :mod:`~timm_trd.train_inputs`, the CPU-DDP fix (a run that would crash runs), the wandb guard (a wandb
+failure no longer stops the run), a warning when a ``--trd-*`` setting is given that has no effect without
+``--trd-prob``, and the line saying that a resumed checkpoint trained with TRD goes on without it.
 """
 
 import argparse
