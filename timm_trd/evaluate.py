@@ -355,8 +355,9 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, model_name: str, num_cla
     from .eval_inputs import check_inputs, load_weights
 
     recal = kwargs.get('recal_batches', 20) > 0  # the recalibration batches come from the training split
+    train_split = kwargs.get('train_split', 'train') if recal else None
     num_classes, origin = check_inputs(str(checkpoint), str(data_dir), model_name, num_classes,
-                                       kwargs.get('split', 'val'), kwargs.get('train_split', 'train') if recal else None)
+                                       kwargs.get('split', 'val'), train_split)
     model = create_model(model_name, **({'num_classes': num_classes} if num_classes else {}))
     load_weights(model, str(checkpoint), use_ema, model_name, num_classes, origin)
     result = evaluate_model(model, data_dir, **kwargs)

@@ -214,8 +214,9 @@ class TRDPlugin:
             if self.config.size is None:
                 _logger.info(f'TRD: no --trd-size given, using half the training size: {size[0]}x{size[1]}')
             elif self.config.short_side and size[0] != size[1]:
-                _logger.info(f'TRD: --trd-size {self.config.size[0]} is the shorter side: {size[0]}x{size[1]} for the '
-                             f'{full_hw[0]}x{full_hw[1]} training size keeps its aspect ratio (--trd-size H W sets both)')
+                _logger.info(f'TRD: --trd-size {self.config.size[0]} is the shorter side: {size[0]}x{size[1]} for '
+                             f'the {full_hw[0]}x{full_hw[1]} training size keeps its aspect ratio '
+                             f'(--trd-size H W sets both)')
         check_size(size, full_hw)  # the training size may come from the model's defaults: check again
         return size
 
