@@ -2,7 +2,9 @@
 
 It keeps the names timm-trd hooks into (``parser``, ``_parse_args``, ``create_loader``,
 ``train_one_epoch``, ``main``, ``NativeDDP``) and uses real timm code for everything it does: datasets,
-``create_loader`` (prefetcher, ``FastCollateMixup``, distributed samplers), ``Mixup``, a timm model.
+``create_loader`` (prefetcher, ``FastCollateMixup``, distributed samplers), ``Mixup``, a timm model, timm's
+``LogitDistillationTask`` with ``--kd-model-name`` (the teacher built here without pretrained weights, handed to
+``train_one_epoch`` as ``task`` as train.py does).
 Each step's input shape is recorded; ``main`` returns the record, prints it as one ``MINI_RESULT {json}``
 line and, with ``--result-dir``, writes it to a file per rank.
 """
@@ -31,6 +33,8 @@ parser.add_argument('--data-dir', default=None)
 parser.add_argument('--model', default='resnet10t')
 parser.add_argument('--num-classes', type=int, default=4)
 parser.add_argument('--img-size', type=int, default=32)
+parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W',
+                    help='the training size as train.py takes it (overrides --img-size)')
 parser.add_argument('-b', '--batch-size', type=int, default=8)
 parser.add_argument('--epochs', type=int, default=2)
 parser.add_argument('--cooldown-epochs', type=int, default=0)
@@ -52,6 +56,7 @@ parser.add_argument('--no-prefetcher', action='store_true', default=False)
 parser.add_argument('--mixup', type=float, default=0.0)
 parser.add_argument('--cutmix', type=float, default=0.0)
 parser.add_argument('--aug-splits', type=int, default=0)
+parser.add_argument('--aug-repeats', type=int, default=0, help='handed to create_loader as train.py does')
 parser.add_argument('--use-multi-epochs-loader', action='store_true', default=False)
 parser.add_argument('--train-img-sizes', type=int, nargs='+', default=None)
 # train.py's (main branch) own scheduled-loader options, handed to create_loader as train.py hands them
@@ -64,6 +69,7 @@ parser.add_argument('--naflex-loader', action='store_true', default=False)
 parser.add_argument('--iterable', action='store_true', default=False,
                     help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
 parser.add_argument('--channels-last', action='store_true', default=False)
+parser.add_argument('--kd-model-name', default=None, help='a teacher (randomly initialised) for logit distillation')
 parser.add_argument('--result-dir', default=None, help='also write the record to RESULT_DIR/rank<N>.json')
 parser.add_argument('--log-info', action='store_true', default=False,
                     help='log INFO lines (timm-trd\'s TRD: lines) to stderr, as train.py does with setup_default_logging; '
@@ -97,7 +103,7 @@ def _parse_args():
     return args, yaml.safe_dump(args.__dict__)
 
 
-def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None):
+def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None, task=None):
     shapes = STEPS.setdefault(epoch, [])
     total, count = 0.0, 0
     model.train()
@@ -109,8 +115,10 @@ def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         shapes.append(list(input.shape))
-        output = model(input)
-        loss = F.cross_entropy(output, target)  # soft (mixup) targets work too
+        if task is not None:
+            loss = task(input, target)['loss']
+        else:
+            loss = F.cross_entropy(model(input), target)  # soft (mixup) targets work too
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -177,7 +185,7 @@ def main():
 
     loader = create_loader(
         dataset,
-        input_size=(3, args.img_size, args.img_size),
+        input_size=tuple(args.input_size or (3, args.img_size, args.img_size)),
         batch_size=args.batch_size,
         is_training=True,
         use_prefetcher=args.prefetcher,
@@ -186,12 +194,19 @@ def main():
         distributed=args.distributed,
         collate_fn=collate_fn,
         num_aug_splits=args.aug_splits,
+        num_aug_repeats=args.aug_repeats,
         use_multi_epochs_loader=args.use_multi_epochs_loader,
         persistent_workers=args.workers > 0,  # timm 1.0.28 hands True to a DataLoader without workers, which refuses it
         **scheduled_loader_kwargs(args),
     )
     if args.distributed:
         model = NativeDDP(model, device_ids=[device])
+    task = None
+    if args.kd_model_name:
+        from timm.task import LogitDistillationTask
+        teacher = create_model(args.kd_model_name, num_classes=args.num_classes)
+        task = LogitDistillationTask(student_model=model, teacher_model=teacher, criterion=torch.nn.CrossEntropyLoss(),
+                                     verbose=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     start_epoch = 0
     if args.resume:
@@ -210,7 +225,7 @@ def main():
     _, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader))
     epochs = []
     for epoch in range(start_epoch, num_epochs):
-        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn)
+        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn, task=task)
         epochs.append(dict(metrics))
         if loader_eval is not None:
             validate(model, loader_eval, args)

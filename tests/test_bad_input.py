@@ -31,6 +31,8 @@ CASES = [
     (['--trd-prob', '0.5', '--trd-mode', 'fast'], '--trd-mode must be one of auto, loader, device'),
     (['--trd-prob', '0.5', '--trd-granularity', 'step'], '--trd-granularity must be one of batch, epoch'),
     (['--trd-prob', '0.5', '--trd-seed', '-3'], '--trd-seed must be >= 0'),
+    (['--data-dir', '/nonexistent/images'], '--data-dir /nonexistent/images does not exist; pass the folder'),
+    (['--aug-repeats', '3'], '--aug-repeats 3 needs several processes'),
 ]
 MINI_ONLY = [
     (['--trd-prob', '0.5', '--trd-mode', 'loader', '--iterable'], NO_LOADER or 'the training dataset is iterable'),

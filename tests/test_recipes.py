@@ -265,6 +265,7 @@ def parse(module, plugin, monkeypatch, *argv):
 def test_recipe_loads_through_train_py(train_module, monkeypatch, tmp_path, name):
     module, plugin = train_module
     recipe = load(name)
+    monkeypatch.setenv('WORLD_SIZE', '8')  # the launch the headers assume (aug_repeats needs several processes)
     args = parse(module, plugin, monkeypatch, '-c', str(RECIPES / f'{name}.yaml'), '--data-dir', str(tmp_path))
     for key, value in recipe.items():
         assert getattr(args, key) == value, key

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .schedule import GRANULARITIES
+from .schedule import GRANULARITIES, round_half_up
 
 MODES = ('auto', 'loader', 'device')
 
@@ -25,9 +25,11 @@ class TRDConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TRDConfig:
-    """The user's TRD settings, checked. ``size`` is ``(height, width)``, or None for half the training size."""
+    """The user's TRD settings, checked. ``size`` is ``(height, width)``, or None for half the training size;
+    ``short_side`` says it was given as one number S, the reduced size's shorter side (see :meth:`reduced_hw`)."""
     prob: float = 0.0
     size: Optional[Tuple[int, int]] = None
+    short_side: bool = False
     full_res_epochs: int = 0
     granularity: str = 'batch'
     mode: str = 'auto'
@@ -40,12 +42,26 @@ class TRDConfig:
     def enabled(self) -> bool:
         return self.prob > 0.0
 
+    def reduced_hw(self, full_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """The reduced size for a training size ``(h, w)``. Both given: as given. One ``--trd-size S``: S is the
+        shorter side and the longer one keeps the training size's aspect ratio (240x320 with S 120: 120x160), so
+        a non-square size is not squashed. None: half of each side."""
+        full_h, full_w = int(full_hw[0]), int(full_hw[1])
+        if self.size is None:
+            return max(1, full_h // 2), max(1, full_w // 2)
+        if not self.short_side or full_h == full_w:
+            return self.size
+        side = self.size[0]
+        scale = side / min(full_h, full_w)
+        return (side, max(1, round_half_up(full_w * scale))) if full_h < full_w \
+            else (max(1, round_half_up(full_h * scale)), side)
+
     def write_to(self, args: argparse.Namespace) -> None:
         """Store the checked values in train.py's args, as numbers (the command line gave strings), so that
         args.yaml and the wandb config hold ``trd_prob: 0.5``, not ``'0.5'``."""
         args.trd_prob = self.prob
         if self.size is not None:
-            args.trd_size = self.size[0] if self.size[0] == self.size[1] else list(self.size)
+            args.trd_size = self.size[0] if self.short_side else list(self.size)
         args.trd_full_res_epochs = self.full_res_epochs
         args.trd_granularity = self.granularity
         args.trd_mode = self.mode
@@ -67,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              '(default: 0, TRD off). The paper uses 0.9 (standard recipe) and 0.5 (strong recipe).')
     group.add_argument(
         '--trd-size', default=None, nargs='+', metavar='S',
-        help='reduced training size: one int for S x S, or H W (default: half the training size)')
+        help='reduced training size: H W, or one int S for the shorter side (S x S for a square training size; '
+             'a non-square one keeps its aspect ratio) (default: half the training size)')
     group.add_argument(
         '--trd-full-res-epochs', default=0, metavar='N',
         help='train the last N epochs entirely at full size (default: 0)')
@@ -149,7 +166,8 @@ def _choice(value, option: str, choices) -> str:
     return text
 
 
-def _size(value) -> Optional[Tuple[int, int]]:
+def _size(value) -> Optional[Tuple[int, int, bool]]:
+    """``(h, w, one_number)``: the size, and whether it was given as one number S."""
     if value is None:
         return None
     items = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -163,7 +181,7 @@ def _size(value) -> Optional[Tuple[int, int]]:
     if any(d <= 0 for d in dims):
         raise TRDConfigError(f'--trd-size must be positive, got {given}; give the reduced size in pixels, '
                              f'e.g. --trd-size 112 for training at 224')
-    return (dims[0], dims[-1])
+    return dims[0], dims[-1], len(dims) == 1
 
 
 def config_from_args(args: argparse.Namespace) -> TRDConfig:
@@ -182,9 +200,11 @@ def config_from_args(args: argparse.Namespace) -> TRDConfig:
     bn_recal = _number(getattr(args, 'trd_bn_recal', 0), '--trd-bn-recal', int)
     if bn_recal < 0:
         raise TRDConfigError(f'--trd-bn-recal must be >= 0 (a number of batches), got {bn_recal}')
+    size = _size(getattr(args, 'trd_size', None))
     return TRDConfig(
         prob=prob,
-        size=_size(getattr(args, 'trd_size', None)),
+        size=size[:2] if size else None,
+        short_side=bool(size) and size[2],
         full_res_epochs=full_res_epochs,
         granularity=_choice(getattr(args, 'trd_granularity', 'batch'), '--trd-granularity', GRANULARITIES),
         mode=_choice(getattr(args, 'trd_mode', 'auto'), '--trd-mode', MODES),
@@ -212,7 +232,7 @@ def check_size(size: Tuple[int, int], full_hw: Tuple[int, int]) -> None:
     if size[0] >= full_hw[0] or size[1] >= full_hw[1]:
         raise TRDConfigError(
             f'--trd-size {size[0]}x{size[1]} is not smaller than the training size {full_hw[0]}x{full_hw[1]}; '
-            f'pick a smaller size (e.g. --trd-size {max(1, full_hw[0] // 2)})')
+            f'pick a smaller size (e.g. --trd-size {max(1, min(full_hw) // 2)})')
 
 
 # train.py options (main branch) that shape its own scheduled loader; TRD builds that loader itself
@@ -248,7 +268,7 @@ def check_train_args(cfg: TRDConfig, args: argparse.Namespace, epochs: int) -> N
             f'(the epochs train.py\'s scheduler runs); use a value below {epochs}')
     full_hw = training_size(args)
     if cfg.size is not None and full_hw is not None:
-        check_size(cfg.size, full_hw)
+        check_size(cfg.reduced_hw(full_hw), full_hw)
 
 
 def settings_without_effect(cfg: TRDConfig) -> list:
@@ -258,6 +278,6 @@ def settings_without_effect(cfg: TRDConfig) -> list:
     default, given = TRDConfig(), []
     for f in dataclasses.fields(TRDConfig):
         value = getattr(cfg, f.name)
-        if f.name != 'prob' and value != getattr(default, f.name):
+        if f.name not in ('prob', 'short_side') and value != getattr(default, f.name):
             given.append(f'--{"no-" if value is False else ""}trd-{f.name.replace("_", "-")}')
     return given

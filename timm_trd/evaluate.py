@@ -360,20 +360,25 @@ def evaluate_checkpoint(checkpoint: str, data_dir: Optional[str], model_name: st
     """Build ``model_name`` with timm, load ``checkpoint`` (timm's ``load_checkpoint``) and :func:`evaluate_model`
     on ``data_dir``; with ``cue_conflict_dir``, also (or, with ``cue_conflict_only`` or no ``data_dir``, only) on
     Geirhos et al.'s stimuli (:mod:`timm_trd.cue_conflict`, mapped by ``cue_conflict_map``; class names come from
-    ``data_dir``'s class folders). ``num_classes`` defaults to the number of classes in the test folder."""
-    from timm.models import create_model, load_checkpoint
+    ``data_dir``'s class folders). ``num_classes`` defaults to the number of classes in the test folder. The inputs
+    are checked first (:mod:`timm_trd.eval_inputs`: raises TRDConfigError with the fix)."""
+    from timm.models import create_model
     from . import cue_conflict
+    from .eval_inputs import check_inputs, load_weights
 
     stimuli = cue_conflict.find_stimuli(cue_conflict_dir) if cue_conflict_dir else None
     raw_map = cue_conflict.read_map(cue_conflict_map) if stimuli else None
+    evaluate_folder = bool(data_dir) and not cue_conflict_only
+    recal = evaluate_folder and kwargs.get('recal_batches', 20) > 0  # its batches come from the training split
+    train_split = kwargs.get('train_split', 'train') if recal else None
+    num_classes, origin = check_inputs(str(checkpoint), str(data_dir) if data_dir else None, model_name,
+                                       num_classes, kwargs.get('split', 'val'), train_split)
     class_to_idx = folder_classes(data_dir, kwargs.get('split', 'val')) if data_dir else None
-    if num_classes is None:
-        num_classes = len(class_to_idx or {}) or None
     model = create_model(model_name, **({'num_classes': num_classes} if num_classes else {}))
     category_map = cue_conflict.resolve_map(raw_map, model.num_classes, class_to_idx) if stimuli else None
-    load_checkpoint(model, str(checkpoint), use_ema=use_ema)
+    load_weights(model, str(checkpoint), use_ema, model_name, num_classes, origin)
     result = {'checkpoint': str(checkpoint), 'model': model_name, 'num_classes': num_classes}
-    if data_dir and not cue_conflict_only:
+    if evaluate_folder:
         result.update(evaluate_model(model, data_dir, **kwargs))
     if stimuli:
         keys = ('img_size', 'crop_pct', 'batch_size', 'workers', 'device')
@@ -469,7 +474,8 @@ def run(argv=None) -> dict:
     parser.add_argument('--crop-pct', type=float, default=None, help='test crop fraction (default: the model\'s)')
     parser.add_argument('--scale', type=float, nargs=2, default=None,
                         help='RandomResizedCrop scale of the recalibration batches (train.py\'s --scale)')
-    parser.add_argument('--split', default='val', help='test split (default: val)')
+    parser.add_argument('--split', default='val', help='test folder inside --data-dir (default: val, or timm\'s '
+                        'synonyms: validation, valid, eval; . for --data-dir itself)')
     parser.add_argument('--train-split', default='train', help='split the recalibration batches come from')
     parser.add_argument('--recal-batches', type=int, default=20, help='BatchNorm recalibration batches (0: off)')
     parser.add_argument('--recal-batch-size', type=int, default=64)
@@ -506,15 +512,20 @@ def run(argv=None) -> dict:
     if (args.cue_conflict_map or args.cue_conflict_only) and not args.cue_conflict_dir:
         parser.error('--cue-conflict-map and --cue-conflict-only need --cue-conflict-dir')
 
-    result = evaluate_checkpoint(
-        args.checkpoint, args.data_dir, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
-        img_size=args.img_size, sizes=args.sizes, recal_batches=args.recal_batches,
-        recal_batch_size=args.recal_batch_size, scale=args.scale, blur=args.blur_sigmas, shuffle=args.shuffle_grids,
-        conflict_sigma=args.conflict_sigma, probe_images=args.probe_images or None, max_images=args.max_images,
-        seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        crop_pct=args.crop_pct, split=args.split, train_split=args.train_split,
-        cue_conflict_dir=args.cue_conflict_dir, cue_conflict_map=args.cue_conflict_map,
-        cue_conflict_only=args.cue_conflict_only)
+    from .config import TRDConfigError
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint, args.data_dir, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
+            img_size=args.img_size, sizes=args.sizes, recal_batches=args.recal_batches,
+            recal_batch_size=args.recal_batch_size, scale=args.scale, blur=args.blur_sigmas, shuffle=args.shuffle_grids,
+            conflict_sigma=args.conflict_sigma, probe_images=args.probe_images or None, max_images=args.max_images,
+            seed=args.seed, batch_size=args.batch_size, workers=args.workers, device=args.device,
+            crop_pct=args.crop_pct, split=args.split, train_split=args.train_split,
+            cue_conflict_dir=args.cue_conflict_dir, cue_conflict_map=args.cue_conflict_map,
+            cue_conflict_only=args.cue_conflict_only)
+    except TRDConfigError as e:
+        print(f'timm-trd-eval: error: {e}', file=sys.stderr)
+        sys.exit(2)
     if args.json == '-':
         print(json.dumps(result, indent=1))
         return result

@@ -5,15 +5,18 @@ looks up when it runs (:data:`SEAMS` lists them). This file holds the seams and 
 calls lives in a module of its own:
 
 - ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.config`), so ``--help`` and ``-c`` know them;
-- ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.recipe_keys`) and the TRD settings, against the
-  epochs train.py's scheduler will run (:mod:`~timm_trd.epochs`), before anything is built;
+- ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.recipe_keys`), train.py inputs that would end in a
+  traceback (:mod:`~timm_trd.train_inputs`) and the TRD settings, against the epochs train.py's scheduler will run
+  (:mod:`~timm_trd.epochs`), before anything is built; with ``--resume``, compares them with the checkpoint's
+  (:mod:`~timm_trd.resume`);
 - ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data_path` picks
   (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.sampler`) and wrapped in a
   :class:`~timm_trd.loader.TRDLoader`; other loaders pass through;
 - ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
 - ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
   (:mod:`~timm_trd.report`, :mod:`~timm_trd.accounting`) to the train metrics, which train.py hands to timm's
-  ``update_summary`` (summary.csv, wandb);
+  ``update_summary`` (summary.csv, wandb), and records what the epoch served in train.py's args, which its
+  checkpoints save (:mod:`~timm_trd.resume`);
 - ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first
   (:mod:`~timm_trd.bn_recal`); the epoch hook recomputes them after the last epoch too, before its checkpoint;
 - the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.ddp_cpu`);
@@ -21,8 +24,9 @@ calls lives in a module of its own:
 
 With ``--trd-prob 0`` (the default) the loader, epoch, scheduler and validation seams call straight through
 (same loader object, same metrics). What still acts at P 0: the ``-c`` key check (a typo stops the run), the
-CPU-DDP fix (a run that would crash runs), the wandb guard (a wandb failure no longer stops the run), and a
-warning when a ``--trd-*`` setting is given that has no effect without ``--trd-prob``.
+checks of :mod:`~timm_trd.train_inputs`, the CPU-DDP fix (a run that would crash runs), the wandb guard (a wandb
+failure no longer stops the run), a warning when a ``--trd-*`` setting is given that has no effect without
+``--trd-prob``, and the line saying that a resumed checkpoint trained with TRD goes on without it.
 """
 
 import argparse
@@ -32,7 +36,7 @@ from typing import Optional
 
 import yaml
 
-from .accounting import CostModel
+from .accounting import CostModel, kd_teacher
 from .bn_recal import BNRecalibrator
 from .config import TRDConfig, TRDConfigError, add_arguments, check_size, check_train_args, config_from_args, \
     settings_without_effect
@@ -44,9 +48,11 @@ from .epochs import planned_epochs
 from .loader import TRDLoader
 from .recipe_keys import check_recipe
 from .report import epoch_line, ranks_agree, start_line
+from .resume import ResumeState, record_served, resume_state
 from .sampler import sampler_mismatch, trd_batch_sampler
 from .schedule import TRDSchedule
 from .static_shapes import keep_static_shapes
+from .train_inputs import check_train_inputs
 from .wandb_guard import guard_wandb
 
 _logger = logging.getLogger('timm_trd')
@@ -62,7 +68,14 @@ _WRAPPED = ('_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_ep
 
 
 def _is_primary(args) -> bool:
-    return getattr(args, 'rank', 0) == 0
+    """Rank 0 of the job. train.py sets ``args.rank`` after parsing; while its arguments are parsed, the rank comes
+    from the launcher's environment (``RANK`` under torchrun), read with timm's ``world_info_from_env``, so what
+    the parse step logs prints once per job, not once per process."""
+    rank = getattr(args, 'rank', None)
+    if rank is None:
+        from timm.utils.distributed import world_info_from_env
+        rank = world_info_from_env()[1]
+    return rank == 0
 
 
 class TRDPlugin:
@@ -85,6 +98,7 @@ class TRDPlugin:
         self.data_wait: Optional[DataWaitCheck] = None
         self.eval_loader_built = False  # train.py built a validation loader (it validates after the last epoch)
         self.served_share = {}  # epoch -> compute share of what the loader served
+        self.resumed: Optional[ResumeState] = None  # with --resume: what the epochs before it served
         self.channels = 3
         self._warned_unwrapped = False
 
@@ -109,8 +123,9 @@ class TRDPlugin:
 
     # -- seam: argument parsing ----------------------------------------------------------------
     def parse_args(self, *a, **kw):
-        check_recipe(self.module)
+        recipe = check_recipe(self.module)
         args, args_text = self.original['_parse_args'](*a, **kw)
+        check_train_inputs(args, recipe)
         self.configure(args)
         # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
         args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
@@ -133,6 +148,7 @@ class TRDPlugin:
         if unused and _is_primary(args):
             _logger.warning(f'TRD is off (--trd-prob 0), so {", ".join(unused)} has no effect; add --trd-prob P '
                             f'(e.g. --trd-prob 0.5) to train with TRD')
+        self.resumed = resume_state(args, epochs, _is_primary(args))
         if config.enabled:
             seed = config.seed if config.seed is not None else int(getattr(args, 'seed', 0) or 0)
             self.schedule = TRDSchedule(prob=config.prob, total_epochs=epochs, full_res_epochs=config.full_res_epochs,
@@ -200,11 +216,14 @@ class TRDPlugin:
                                  f'{", ".join(given)}; drop the train.py options that set them, or set --trd-prob 0')
 
     def _reduced_size(self, full_hw):
-        size = self.config.size
-        if size is None:
-            size = (max(1, full_hw[0] // 2), max(1, full_hw[1] // 2))
-            if _is_primary(self.args):
+        size = self.config.reduced_hw(full_hw)
+        if _is_primary(self.args):
+            if self.config.size is None:
                 _logger.info(f'TRD: no --trd-size given, using half the training size: {size[0]}x{size[1]}')
+            elif self.config.short_side and size[0] != size[1]:
+                _logger.info(f'TRD: --trd-size {self.config.size[0]} is the shorter side: {size[0]}x{size[1]} for '
+                             f'the {full_hw[0]}x{full_hw[1]} training size keeps its aspect ratio '
+                             f'(--trd-size H W sets both)')
         check_size(size, full_hw)  # the training size may come from the model's defaults: check again
         return size
 
@@ -241,12 +260,14 @@ class TRDPlugin:
                 self._warned_unwrapped = True
             return train(epoch, model, loader, *a, **kw)
         loader.set_epoch(epoch)
-        if self.cost is None:  # also the probe that the model runs at the reduced size, before the first step
-            self.cost = CostModel.from_model(model, loader.full_hw, loader.reduced_hw, self.channels)
+        if self.cost is None:  # also the probe that the model (and a KD teacher) run at the reduced size
+            teacher = kd_teacher(kw.get('task'))
+            self.cost = CostModel.from_model(model, loader.full_hw, loader.reduced_hw, self.channels, teacher)
             if _is_primary(self.args):
+                counted = 'FLOPs counted' + (', the student\'s step and the KD teacher\'s forward' if teacher else '')
                 _logger.info(
                     f'TRD: a {loader.reduced_hw[0]}x{loader.reduced_hw[1]} batch costs {self.cost.reduced_ratio:.4f} '
-                    f'of a full one ({"FLOPs counted" if self.cost.source == "flops" else "pixel-area ratio"})')
+                    f'of a full one ({counted if self.cost.source == "flops" else "pixel-area ratio"})')
                 if self.recalibrate is not None:
                     _logger.info(self.recalibrate.plan_line(self.eval_loader_built, self._ema_on_cpu()))
         if self.recalibrate is not None:
@@ -272,6 +293,8 @@ class TRDPlugin:
             _logger.warning(f'TRD: epoch {epoch}: the ranks served different size sequences; please report this')
         share = self.cost.epoch_share(reduced, batches)
         self.served_share[epoch] = share
+        if self.args is not None:  # into the args train.py's checkpoints save (see timm_trd.resume)
+            record_served(self.args, {**(self.resumed.served if self.resumed else {}), **self.served_share})
         saved = self.saved_so_far(epoch, len(loader))
         if _is_primary(self.args):
             _logger.info(epoch_line(epoch, loader, stats, reduced, batches, share, saved, agree))
@@ -286,11 +309,17 @@ class TRDPlugin:
         }
 
     def saved_so_far(self, last_epoch: int, batches: int) -> float:
-        """Share of compute saved over epochs ``0 .. last_epoch`` against an all-full-size run: what was served,
-        and for epochs before a resume (served by an earlier process) what the plan had them serve."""
-        shares = [self.served_share[e] if e in self.served_share
-                  else self.cost.epoch_share(self.schedule.reduced_count(e, batches), batches)
-                  for e in range(last_epoch + 1)]
+        """Share of compute saved over epochs ``0 .. last_epoch`` against an all-full-size run: what was served;
+        for epochs before a resume, what the checkpoint records they served, else what the plan had them serve
+        while the plan is unchanged, else (no record, other plan) they are left out (:mod:`timm_trd.resume`)."""
+        resumed, shares = self.resumed, []
+        for e in range(last_epoch + 1):
+            if e in self.served_share:
+                shares.append(self.served_share[e])
+            elif resumed is not None and e in resumed.served:
+                shares.append(resumed.served[e])
+            elif resumed is None or resumed.past_at_plan:
+                shares.append(self.cost.epoch_share(self.schedule.reduced_count(e, batches), batches))
         return 1.0 - sum(shares) / len(shares)
 
     # -- seam: validation -----------------------------------------------------------------------

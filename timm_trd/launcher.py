@@ -31,6 +31,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -155,12 +156,32 @@ def find_train_script(explicit: Optional[str] = None) -> Path:
         f'no train.py found (no --train-script, no ${ENV_VAR}, no ./train.py, no {cached}{stale}); {HOW_TO_GET}')
 
 
+def check_train_script(path: Path) -> None:
+    """Refuse, before it is imported (so nothing in it runs), a file that is not a train.py timm-trd can attach
+    to: not readable as text, not Python (``setup.cfg``), or without the seams (read and parsed, never run)."""
+    try:
+        source = Path(path).read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as e:
+        raise TRDConfigError(f'cannot read {path} as a Python train.py ({e}); {HOW_TO_GET}') from None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise TRDConfigError(f'{path} is not a Python file (line {e.lineno}: {e.msg}), so not timm\'s train.py; '
+                             f'{HOW_TO_GET}') from None
+    if any(isinstance(node, ast.ImportFrom) and any(a.name == '*' for a in node.names) for node in ast.walk(tree)):
+        return  # a star import may bind the seams: the check after the import decides
+    missing = [name for name in required_seams() if name not in module_level_names(source)]
+    if missing:
+        raise TRDConfigError(f'{path} is not timm\'s train.py (it lacks {", ".join(missing)}); {HOW_TO_GET}')
+
+
 def load_train_module(path: Path, name: str = 'timm_train_script'):
-    """Import train.py as a module, with its folder first on sys.path as ``python train.py`` would have it."""
+    """Import train.py as a module, with its folder first on sys.path as ``python train.py`` would have it.
+    Any file name works (``train``, ``train.py.orig``): it is read as Python source."""
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=SourceFileLoader(name, str(path)))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -322,6 +343,8 @@ def print_help(rest: List[str], explicit: Optional[str]) -> None:
     """timm-trd's options and where train.py was found; then train.py's own help (which exits) when found."""
     try:
         found, problem = locate_train_script(explicit), None
+        if found is not None:
+            check_train_script(found[0])
     except TRDConfigError as e:
         found, problem = None, str(e)
     launcher_parser().print_help()
@@ -360,6 +383,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             run_demo([arg for arg in rest if arg != DEMO_OPTION], script)
             return
         path = find_train_script(script)
+        check_train_script(path)
         module = load_train_module(path)
         install(module)
         sys.argv = [str(path)] + rest
