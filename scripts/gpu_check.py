@@ -38,9 +38,10 @@ warm. One arm's 120 s: ~25 s start (imports, CUDA, 16 workers, cuDNN autotuning)
 256 images at 160 px. ResNet-50 trains at ~2470 img/s on an A100 at 224 px with AMP; an H200 is no slower, and
 160 px costs (160/224)^2 = 0.51 of the FLOPs, so >= ~4000 img/s: 1.7 s of GPU per epoch, plus ~0.8 s for
 validation (1500 images), the checkpoint (on /dev/shm) and the loader's restart, 2.5 s per epoch, 75 s for 30.
-The loader keeps up: 1.29 ms of one core per 160 px image with train.py's augmentation (0.94 ms at 80 px),
-measured here, so 16 workers give ~11,600 img/s. The speed phases of issue 13 (bench-compute, bench-loader,
-bench-compile: 280 s) and the 4-epoch train.py runs were cut to fit; ``--call bench`` still runs them.
+The loader keeps up: the carried 160 px JPEGs cost 1.03 ms of one core each with train.py's augmentation
+(0.68 ms at 80 px; CPU time, measured here), so 15 workers give ~14,500 img/s. The speed phases of issue 13
+(bench-compute, bench-loader, bench-compile: 280 s) and its 4-epoch train.py runs were cut to fit: ``--call
+bench`` still runs the first three, and the train.py speed runs are 2 epochs of 16 steps.
 """
 
 import argparse
@@ -60,8 +61,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the check's own modules, also when imported by path
-from gpu_check_prepare import (CARRY, DEFAULT_IMAGENETTE, ROOT, TRAVEL_LIMIT_MB, list_images,  # noqa: E402
-                               prepare, reencode_imagenette)
+from gpu_check_prepare import (CARRY, DEFAULT_IMAGENETTE, ROOT, list_images, prepare,  # noqa: E402
+                               reencode_imagenette)
 from gpu_check_train import read_probe  # noqa: E402
 
 # Alternating two sizes must not raise the CUDA caching allocator's peak reservation above the full-size run's by
@@ -421,7 +422,8 @@ class Check:
         args = ['--train-script', self.train_script, '--data-dir', data_dir, '--model', c['model'], '--num-classes',
                 str(num_classes), '--img-size', str(c['img']), '--amp', '--channels-last', '-b', str(c['batch']),
                 '--workers', str(workers or self.workers), '--epochs', str(c['epochs']),
-                *([] if '--warmup-epochs' in extra else ['--warmup-epochs', '0']), '--seed', '0', '--log-interval', str(c['log_interval']), '--checkpoint-hist', '1',
+                *([] if '--warmup-epochs' in extra else ['--warmup-epochs', '0']), '--seed', '0',
+                '--log-interval', str(c['log_interval']), '--checkpoint-hist', '1',
                 '--output', self.train_out, '--experiment', name, '--device', p['device']]
         if p['amp_dtype']:
             args += ['--amp-dtype', p['amp_dtype']]
@@ -748,7 +750,8 @@ def parse_compile(records, log):
     seconds = [e['seconds'] for e in epochs]
     return dict(
         train_graphs_per_epoch=train_graphs, val_graphs_per_epoch=val_graphs, train_sizes=distinct,
-        reduced_sizes=reduced_sizes, trd_path=sorted({m[6] for m in trd}), recompiles=sum(bool(RECOMPILE.search(line)) for line in lines),
+        reduced_sizes=reduced_sizes, trd_path=sorted({m[6] for m in trd}),
+        recompiles=sum(bool(RECOMPILE.search(line)) for line in lines),
         recompile_guards=reasons, graph_breaks=breaks,
         dynamo_compile_s=times.get('_compile.compile_inner'),
         epoch0_minus_epoch1_s=seconds[0] - seconds[1] if len(seconds) > 1 else None,
@@ -885,22 +888,24 @@ def checks_table(result):
         if name.startswith('ddp'):
             coll = e.get('collectives', {})
             mem = e.get('memory', {}).get(0, {}) or e.get('memory', {}).get('0', {})
+            works = ', '.join(k for k, v in coll.items() if v is True)
+            fails = ', '.join(k for k, v in coll.items() if v is not True)
             figures = (f"{e.get('backend', '?')} on {e.get('collectives_device', '?')} (asked: "
-                       f"{e.get('backend_asked', '?')}); collectives ok: {', '.join(k for k, v in coll.items() if v is True)}"
-                       + (f"; not: {', '.join(k for k, v in coll.items() if v is not True)}"
-                          if any(v is not True for v in coll.values()) else '')
-                       + (f"; rank 0 max reserved {gib(mem.get('max_reserved'))} GiB" if mem.get('max_reserved') else ''))
+                       f"{e.get('backend_asked', '?')}); collectives ok: {works}" + (f'; not: {fails}' if fails else '')
+                       + (f"; rank 0 max reserved {gib(mem['max_reserved'])} GiB" if mem.get('max_reserved') else ''))
         else:
             mem = e.get('memory', {})
             figures = (f"train graphs per epoch {e.get('train_graphs_per_epoch')}, validation "
                        f"{e.get('val_graphs_per_epoch')} for {e.get('train_sizes')} training sizes; "
                        f"{e.get('recompiles', '-')} recompiles"
-                       + (f" ({'; '.join(sorted(set(e['recompile_guards']))[:3])})" if e.get('recompile_guards') else '')
+                       + (f" ({'; '.join(sorted(set(e['recompile_guards']))[:3])})"
+                          if e.get('recompile_guards') else '')
                        + f", {e.get('graph_breaks', '-')} graph breaks; dynamo compile "
                        f"{fmt(e.get('dynamo_compile_s'), '.1f')} s, epoch 0 - epoch 1 "
                        f"{fmt(e.get('epoch0_minus_epoch1_s'), '.1f')} s"
                        + (f"; max reserved {gib(mem.get('max_reserved'))} GiB" if mem.get('max_reserved') else ''))
-        rows.append((name, *status_cells(phases, name), cell, figures + (f"; {e['reason']}" if e.get('reason') else '')))
+        figures += f"; {e['reason']}" if e.get('reason') else ''
+        rows.append((name, *status_cells(phases, name), cell, figures))
     return f"Multi-process and torch.compile ({result['mode']})\n" + render(head, rows)
 
 

@@ -1,8 +1,9 @@
 """scripts/gpu_check.sh keeps working: its CPU dry runs go through every phase the two GPU calls run.
 
 Call 1 (accuracy) and call 2 (two processes on one device, torch.compile, speed) run timm's train.py: their
-phases need $TIMM_TRAIN_SCRIPT and are skipped with that reason otherwise. The bench_trd.py phases
-(``--call bench``), --prepare's pieces, the collectives probe and the time plan need no train.py.
+phases need $TIMM_TRAIN_SCRIPT (or --prepare's .gpu_check/train.py) and are skipped with that reason otherwise.
+The bench_trd.py phases (``--call bench``), --prepare's pieces, the collectives probe and the time plan need no
+train.py.
 """
 import copy
 import importlib.util
@@ -18,7 +19,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'gpu_check.sh'
-HAS_TRAIN_SCRIPT = bool(os.environ.get('TIMM_TRAIN_SCRIPT'))
+# the check takes .gpu_check/train.py (--prepare's copy) where there is one, else $TIMM_TRAIN_SCRIPT
+HAS_TRAIN_SCRIPT = bool(os.environ.get('TIMM_TRAIN_SCRIPT')) or (ROOT / '.gpu_check' / 'train.py').is_file()
 
 
 def load(name):
@@ -39,7 +41,7 @@ def env():
 
 
 def dry_run(base: Path, call: str):
-    extra = ['--train-script', os.environ['TIMM_TRAIN_SCRIPT']] if HAS_TRAIN_SCRIPT else []
+    extra = ['--train-script', os.environ['TIMM_TRAIN_SCRIPT']] if os.environ.get('TIMM_TRAIN_SCRIPT') else []
     result = subprocess.run(['bash', str(SCRIPT), '--dry-run', '--call', call, '--out', str(base / 'out'),
                              '--work', str(base / 'work'), *extra], capture_output=True, text=True, env=env(),
                             timeout=1800)
@@ -302,4 +304,5 @@ def test_prepare_counts_what_each_call_carries_and_refuses_over_the_limit(tmp_pa
     assert over == ['1'] and len(lines) == 2 and '(limit 64 MiB)' in lines[0]
     result = subprocess.run(['bash', str(SCRIPT), '--prepare', '--images', str(tmp_path / 'none'),
                              '--train-script', str(big)], capture_output=True, text=True, env=env(), timeout=120)
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith('gpu_check: error: --prepare needs --images')
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith('gpu_check: error: --prepare needs --images')
