@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One-shot GPU check of TRD (issue 13): the phases, their time budgets and the results are described in
+# The GPU check of TRD (issues 13, 20): the calls, their phases, time budgets and results are described in
 # scripts/gpu_check.py.
 #
-#   scripts/gpu_check.sh --prepare --images DIR [--train-script PATH]   here, with network: fills .gpu_check/
-#   scripts/gpu_check.sh                                                 on the GPU machine (< 8 min); results in $OUT
-#   scripts/gpu_check.sh --dry-run [--out DIR]                           CPU, tiny model, same phases (tested in CI)
+#   scripts/gpu_check.sh --prepare --images DIR [--train-script PATH] [--imagenette TAR]   here: fills .gpu_check/
+#   scripts/gpu_check.sh --call 1        on the GPU machine: accuracy (< 6.5 min); results in $OUT
+#   scripts/gpu_check.sh --call 2        on the GPU machine: two ranks on one GPU, torch.compile, speed (< 5 min)
+#   scripts/gpu_check.sh --dry-run --call 1|2|bench [--out DIR]   CPU, tiny model, same phases (tests/test_gpu_check.py)
 #
 # Python: $PYTHON, else python3 (on the device machine, the one that holds torch).
 set -u
