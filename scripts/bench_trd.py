@@ -67,7 +67,7 @@ import torch.nn.functional as F
 import timm
 from timm.data import create_dataset, create_loader, resolve_data_config
 
-from timm_trd.evaluate import DatasetView
+from timm_trd.dataset_view import DatasetView
 from timm_trd.hooks import TRDPlugin
 from timm_trd.toy_data import CLASSES, make_image_folder
 

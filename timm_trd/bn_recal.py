@@ -30,11 +30,12 @@ import itertools
 import logging
 import random
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
 
+from .dataset_view import DatasetView
 from .rng import preserved_rng
 
 _logger = logging.getLogger('timm_trd')
@@ -75,27 +76,6 @@ def sample_indices(length: int, per_rank: int, world_size: int, rank: int, seed:
     per_rank = min(per_rank, length // max(world_size, 1))
     order = np.random.default_rng([abs(int(seed)), int(epoch)]).permutation(length)
     return order[rank * per_rank:(rank + 1) * per_rank].tolist()
-
-
-class _Sample(torch.utils.data.Dataset):
-    """Some images of a map-style dataset; ``transform`` is the dataset's (timm's ``create_loader`` sets it)."""
-
-    def __init__(self, dataset, indices: List[int]):
-        self.dataset, self.indices = dataset, indices
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, index):
-        return self.dataset[self.indices[index]]
 
 
 def _seed_augmentation(seed: int, epoch: int, rank: int, device: torch.device) -> None:
@@ -160,7 +140,7 @@ class BNRecalibrator:
             if hasattr(dataset, 'set_epoch'):
                 dataset.set_epoch(epoch)
         else:
-            dataset = _Sample(self.dataset, sample_indices(len(self.dataset), self.num_batches * self.batch_size,
+            dataset = DatasetView(self.dataset, sample_indices(len(self.dataset), self.num_batches * self.batch_size,
                                                            self.world_size, self.rank, self.seed, epoch))
         return self.create_loader(dataset, *self.args, **self.kwargs)
 

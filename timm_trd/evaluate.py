@@ -45,6 +45,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .dataset_view import DatasetView
+
 CUE_CONFLICT_NAME = ('low/high-frequency cue conflict (hybrid images: low-pass of A + high-pass of B; '
                      'a proxy for the stylised cue-conflict test of Geirhos et al. 2019)')
 DEFAULT_FRACTIONS = (0.5, 0.75)
@@ -183,29 +185,6 @@ def shape_bias(counts: Dict[str, int]) -> float:
 
 
 # -- on a dataset ---------------------------------------------------------------------------------------------
-class DatasetView(torch.utils.data.Dataset):
-    """Some images of a timm dataset, in a given order. timm's ``create_loader`` sets ``transform`` on the dataset
-    it gets; here that goes to this view's own shallow copy of the dataset, so views never share a transform."""
-
-    def __init__(self, dataset, indices: Sequence[int]):
-        self.dataset = copy.copy(dataset)
-        self.indices = list(indices)
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
 def dataset_targets(dataset) -> List[int]:
     """The labels of a timm dataset, without decoding images where the reader lists them (image folders)."""
     samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
