@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections import OrderedDict
 
 import torch
@@ -153,11 +154,13 @@ VALIDATED = []
 
 
 def main():
-    if not logging.getLogger().handlers:  # as train.py's setup_default_logging (under pytest, its capture is there)
+    # logging before the parse step (its warnings): timm's setup with --log-info, else a plain one as train.py's
+    # setup_default_logging would, unless one is there (under pytest, its capture); never both (lines twice)
+    if '--log-info' in sys.argv[1:]:
+        setup_default_logging()
+    elif not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format='%(message)s')
     args, _ = _parse_args()
-    if args.log_info:
-        setup_default_logging()
     args.prefetcher = not args.no_prefetcher
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     args.distributed = world_size > 1
