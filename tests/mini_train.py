@@ -29,6 +29,8 @@ from timm.utils import CheckpointSaver, ParseKwargs, setup_default_logging
 config_parser = argparse.ArgumentParser(description='config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str)
 
+STAND_IN = "the tests' stand-in for timm's train.py (tests/mini_train.py), not timm's train.py"
+
 parser = argparse.ArgumentParser(description='mini train script')
 parser.add_argument('--data-dir', default=None)
 parser.add_argument('--model', default='resnet10t')

@@ -40,8 +40,8 @@ def test_demo_offline_with_the_stand_in_script_makes_the_data_trains_and_says_wh
     toy = tmp_path / 'cache' / 'timm-trd' / 'toy-data'
     assert len(list((toy / 'train').rglob('*.png'))) == 256 and len(list((toy / 'val').rglob('*.png'))) == 64
     lines = demo_lines(log)
-    assert lines[0] == (f'timm-trd demo: train.py: {MINI_TRAIN} (--train-script): "A minimal training script with '
-                        f'the seams of timm\'s train.py, for tests that have no checkout of it."')
+    assert lines[0] == (f'timm-trd demo: train.py: {MINI_TRAIN} (--train-script): the tests\' stand-in for '
+                        f'timm\'s train.py (tests/mini_train.py), not timm\'s train.py')
     assert 'wrote 256 training and 64 validation images of 64x64 px' in lines[1] and str(toy) in lines[1]
     assert 'mini_train.py has no --device, --experiment; left out' in log
     for epoch in (0, 1):
