@@ -32,6 +32,15 @@ class CheckedCopy(NamedTuple):
     skipped: FrozenSet[str]  # training images (relative paths) the tool could not read: read from the original
 
 
+
+def _stat_state(path: str, size: int, mtime_ns: int):
+    """'gone' when ``path`` cannot be stat'ed, 'changed' when its size or ns mtime differ from the record, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 'gone'
+    return 'changed' if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) else None
+
 def _find(copy_dir: str, root: str) -> str:
     """``copy_dir`` or its folder named as the training folder (the copy of the ``--data-dir`` holding it)."""
     for candidate in (copy_dir, os.path.join(copy_dir, os.path.basename(os.path.normpath(root)))):
@@ -113,25 +122,19 @@ def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
         if path is None:
             problems.add('images not in the training folder', entry.rel)
             continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            problems.add('training images gone while checking', entry.rel)
-            continue
-        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-            problems.add('training images that are not the ones the copy was made from (other size or time)',
+        state = _stat_state(path, entry.size, entry.mtime_ns)
+        if state:
+            problems.add('training images gone while checking' if state == 'gone' else
+                         'training images that are not the ones the copy was made from (other size or time)',
                          entry.rel)
             continue
         if entry.skipped:
             skipped.append(entry.rel)
             continue
-        try:
-            cst = os.stat(os.path.join(copy_dir, entry.rel))
-        except OSError:
-            problems.add('copied files missing', entry.rel)
-            continue
-        if (cst.st_size, cst.st_mtime_ns) != (entry.copy_size, entry.copy_mtime_ns):
-            problems.add('copied files changed since they were written (other size or time: cut, replaced)',
+        state = _stat_state(os.path.join(copy_dir, entry.rel), entry.copy_size, entry.copy_mtime_ns)
+        if state:
+            problems.add('copied files missing' if state == 'gone' else
+                         'copied files changed since they were written (other size or time: cut, replaced)',
                          entry.rel)
             continue
         copied.append(entry)
