@@ -32,7 +32,6 @@ class CheckedCopy(NamedTuple):
     skipped: FrozenSet[str]  # training images (relative paths) the tool could not read: read from the original
 
 
-
 def _stat_state(path: str, size: int, mtime_ns: int):
     """'gone' when ``path`` cannot be stat'ed, 'changed' when its size or ns mtime differ from the record, else None."""
     try:
