@@ -5,10 +5,10 @@ from typing import Optional
 
 import pytest
 
-from timm_trd.config import TRDConfigError
-from timm_trd.launcher import load_train_module, locate_train_script
-from timm_trd.sampler import loader_path_unavailable
-from timm_trd.toy_data import make_image_folder
+from timm_trd.errors import TRDConfigError
+from timm_trd.cli.train_script import load_train_module, locate_train_script
+from timm_trd.data.sampler import loader_path_unavailable
+from timm_trd.data.toy_data import make_image_folder
 
 TESTS = Path(__file__).resolve().parent
 MINI_TRAIN = TESTS / 'mini_train.py'

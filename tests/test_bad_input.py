@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import MINI_TRAIN
-from timm_trd import launcher
-from timm_trd.sampler import loader_path_unavailable
+from timm_trd.cli import launcher
+from timm_trd.data.sampler import loader_path_unavailable
 
 NO_LOADER = loader_path_unavailable()  # on a timm without the scheduled sampler, that reason comes first
 
@@ -63,7 +63,7 @@ def test_bad_input_stops_with_one_line(image_folder, capsys, extra, expected):
 
 def test_loader_mode_on_a_timm_without_scheduled_sampler(image_folder, capsys, monkeypatch):
     # as if the installed timm were older than 1.0.29
-    monkeypatch.setattr('timm_trd.sampler.ScheduledBatchSampler', None)
+    monkeypatch.setattr('timm_trd.data.sampler.ScheduledBatchSampler', None)
     argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--trd-prob', '0.5', '--trd-mode', 'loader']
     code, captured = run_launcher(argv, capsys)
     assert_one_line_error(code, captured.out, captured.err, 'has no ScheduledBatchSampler (it came with timm 1.0.29)')
@@ -140,7 +140,7 @@ def test_a_missing_or_broken_recipe_is_one_line(image_folder, capsys, tmp_path, 
 ])
 def test_trd_settings_without_trd_prob_get_one_warning(image_folder, capsys, caplog, extra, named):
     import logging
-    from timm_trd import launcher as launcher_module
+    from timm_trd.cli import launcher as launcher_module
     with caplog.at_level(logging.WARNING, logger='timm_trd'):
         launcher_module.main(['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', '40',
                               '--epochs', '1', *extra])

@@ -1,11 +1,11 @@
-"""scripts/bench_trd.py keeps working: two tiny steps per configuration, no timing assertions."""
+"""experiments/bench_trd.py keeps working: two tiny steps per configuration, no timing assertions."""
 import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / 'scripts' / 'bench_trd.py'
+BENCH = Path(__file__).resolve().parent.parent / 'experiments' / 'bench_trd.py'
 
 
 def load_bench():

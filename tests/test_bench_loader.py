@@ -1,11 +1,11 @@
-"""scripts/bench_loader.py keeps working: a few generated JPEGs, every part once, no timing assertions."""
+"""experiments/bench_loader.py keeps working: a few generated JPEGs, every part once, no timing assertions."""
 import importlib.util
 import json
 from pathlib import Path
 
 from test_decode import write_folder
 
-BENCH = Path(__file__).resolve().parent.parent / 'scripts' / 'bench_loader.py'
+BENCH = Path(__file__).resolve().parent.parent / 'experiments' / 'bench_loader.py'
 
 
 def test_bench_loader_runs_every_part_and_writes_json(tmp_path, capsys):

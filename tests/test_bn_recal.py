@@ -17,9 +17,9 @@ import torch
 
 from conftest import MINI_TRAIN, PATHS
 from timm_trd import install
-from timm_trd.bn_recal import BNRecalibrator, recalibrate_bn, sample_indices
-from timm_trd.launcher import load_train_module
-from timm_trd.toy_data import make_image_folder
+from timm_trd.plugin.bn_recal import BNRecalibrator, recalibrate_bn, sample_indices
+from timm_trd.cli.train_script import load_train_module
+from timm_trd.data.toy_data import make_image_folder
 
 FULL, SMALL = 40, 24
 

@@ -1,4 +1,4 @@
-"""timm-trd-eval --cue-conflict-dir (timm_trd/cue_conflict.py): the shape bias on Geirhos et al.'s stimuli.
+"""timm-trd-eval --cue-conflict-dir (timm_trd/evaluation/cue_conflict.py): the shape bias on Geirhos et al.'s stimuli.
 
 Generated stimulus folders with the published layout, whose shape and texture categories are readable by
 construction: an image's low band (its mean colour) codes its shape category, its high band (a checkerboard whose
@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from timm_trd import cue_conflict as cc
-from timm_trd import evaluate as ev
-from timm_trd.config import TRDConfigError
-from timm_trd.geirhos_categories import CATEGORIES, CIFAR10_CLASSES, CIFAR10_MAP, IMAGENET_INDICES
+from timm_trd.evaluation import cue_conflict as cc
+from timm_trd.evaluation import evaluate as ev
+from timm_trd.errors import TRDConfigError
+from timm_trd.evaluation.geirhos_categories import CATEGORIES, CIFAR10_CLASSES, CIFAR10_MAP, IMAGENET_INDICES
 
 # the shape code: a mean colour per category; the texture code: a direction of the checkerboard's amplitude per
 # channel (pairwise cosine <= 0.98; distinct after timm's resize and crop, checked by the tests below)
@@ -317,7 +317,7 @@ def test_command_on_the_stimuli_only_and_with_the_other_probes(stimuli_root, cif
     argv = ['--checkpoint', str(cifar_checkpoint), '--model', 'test_resnet', '--num-classes', '10', '--img-size',
             '32', '--cue-conflict-dir', str(stimuli_root), '--cue-conflict-map', 'cifar10', '--workers', '0',
             '--json', str(out)]
-    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluate', *argv], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluation.evaluate', *argv], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
@@ -335,7 +335,7 @@ def test_command_on_the_stimuli_only_and_with_the_other_probes(stimuli_root, cif
             str(image_folder), '--img-size', '32', '--recal-batches', '0', '--probe-images', '4', '--workers', '0',
             '--cue-conflict-dir', str(stimuli_root), '--cue-conflict-map', 'car=circle,cat=square,dog=7',
             '--json', str(out)]
-    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluate', *argv], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluation.evaluate', *argv], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())

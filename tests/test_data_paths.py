@@ -6,8 +6,8 @@ from timm.data import FastCollateMixup
 
 from conftest import PATHS
 from timm_trd import TRDLoader, downsample, install
-from timm_trd.resize import resize_device
-from timm_trd.schedule import TRDSchedule
+from timm_trd.data.resize import resize_device
+from timm_trd.plan.schedule import TRDSchedule
 
 try:
     from timm.data import ScheduledTransformDataset
@@ -92,7 +92,7 @@ def test_trd_off_leaves_the_loader_untouched(mini_train, image_folder, monkeypat
 
 
 def test_trd_off_gives_the_same_losses_as_no_plugin(image_folder, monkeypatch):
-    from timm_trd.launcher import load_train_module
+    from timm_trd.cli.train_script import load_train_module
     from conftest import MINI_TRAIN
     losses = []
     for name, plugged in (('plain_run', False), ('plugged_run', True)):
@@ -169,7 +169,7 @@ class _Batches:
 def _serve(device, batches, monkeypatch):
     """Serve CPU ``batches`` on the device path (every one reduced) for training on ``device``; the devices the
     resizes ran on."""
-    import timm_trd.loader as loader_module
+    import timm_trd.data.loader as loader_module
     ran_on = []
 
     def spy(images, size):

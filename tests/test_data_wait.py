@@ -12,10 +12,10 @@ import pytest
 
 from conftest import MINI_TRAIN, PATHS
 from timm_trd import install
-from timm_trd.data_wait import MIN_BATCHES, THRESHOLD, DataWaitCheck, step_times, workers_to_keep_up
-from timm_trd.launcher import load_train_module
-from timm_trd.loader import EpochStats
-from timm_trd.toy_data import make_image_folder
+from timm_trd.data.data_wait import MIN_BATCHES, THRESHOLD, DataWaitCheck, step_times, workers_to_keep_up
+from timm_trd.cli.train_script import load_train_module
+from timm_trd.data.loader import EpochStats
+from timm_trd.data.toy_data import make_image_folder
 
 FULL, REDUCED = (224, 224), (56, 56)
 

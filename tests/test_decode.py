@@ -12,7 +12,7 @@ from timm.data import ImageDataset, create_loader, create_transform
 
 from conftest import PATHS
 from jpeg_sampling import SAMPLINGS, luma_factors, save as save_jpeg
-from timm_trd.decode import (ReducedDecodeDataset, ReducedLoading, attach, crop_scale, draft, fixed_scale,
+from timm_trd.data.decode import (ReducedDecodeDataset, ReducedLoading, attach, crop_scale, draft, fixed_scale,
                              split_transform)
 
 pytestmark = pytest.mark.skipif(ReducedDecodeDataset is None, reason='needs the loader path (timm >= 1.0.29)')

@@ -11,7 +11,7 @@ import torch
 
 from conftest import MINI_TRAIN
 from test_launcher import assert_one_line_error, newcomer, run_launcher, server  # noqa: F401 (fixtures)
-from timm_trd import launcher
+from timm_trd.cli import launcher, train_script
 
 VERSION = timm.__version__
 
@@ -64,7 +64,7 @@ def test_demo_offline_with_the_stand_in_script_makes_the_data_trains_and_says_wh
 
 def test_demo_downloads_train_py_when_none_is_found(newcomer, server, capsys, monkeypatch):
     base, requests = server
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'{base}/ok/')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'{base}/ok/')
     monkeypatch.setattr(sys, 'argv', list(sys.argv))
     launcher.main(['--demo', '--model', 'resnet10t', '--epochs', '1'])
     out = capsys.readouterr().out
@@ -73,14 +73,14 @@ def test_demo_downloads_train_py_when_none_is_found(newcomer, server, capsys, mo
     assert f'no train.py found; downloading the one of timm {VERSION}' in out
     assert f'train.py: {cached} (downloaded now, as --get-train-script)' in out
     assert 'TRD trained 8/16 batches at 32x32 instead of 64x64 over 1 epoch' in out
-    assert launcher.locate_train_script() == (cached, 'the --get-train-script cache')  # found next time
+    assert train_script.locate_train_script() == (cached, 'the --get-train-script cache')  # found next time
 
 
 def test_demo_offline_without_train_py_stops_with_one_line_before_making_data(newcomer, capsys, monkeypatch):
     with socket.socket() as s:  # a port on 127.0.0.1 that nothing listens on
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'http://127.0.0.1:{port}')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'http://127.0.0.1:{port}')
     monkeypatch.setenv('no_proxy', '127.0.0.1')
     code, captured = run_launcher(['--demo'], capsys, monkeypatch)
     assert_one_line_error(code, captured, f'could not download http://127.0.0.1:{port}/v{VERSION}/train.py',

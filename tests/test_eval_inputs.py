@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from timm_trd import evaluate as ev
+from timm_trd.evaluation import evaluate as ev
 
 FAST = ['--img-size', '32', '--probe-images', '4', '--workers', '0', '-b', '8', '--blur-sigmas', '0.02',
         '--shuffle-grids', '2']
@@ -102,7 +102,7 @@ def test_a_bare_state_dict_that_does_not_fit(image_folder, capsys, tmp_path):
 
 
 def test_the_command_exits_2(image_folder, tmp_path):
-    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluate', '--checkpoint', str(tmp_path / 'none.pth.tar'),
+    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluation.evaluate', '--checkpoint', str(tmp_path / 'none.pth.tar'),
                            '--data-dir', str(image_folder), '--model', 'test_resnet'],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().count('\n') == 0 and 'does not exist' in done.stderr

@@ -1,4 +1,4 @@
-"""timm-trd-eval (timm_trd/evaluate.py): the transforms do what they say, the cue-conflict pairs are fixed by the
+"""timm-trd-eval (timm_trd/evaluation/evaluate.py): the transforms do what they say, the cue-conflict pairs are fixed by the
 seed, the shape bias is 1 for a classifier that sees only the low band and 0 for one that sees only the high band,
 and the command runs end to end on a checkpoint saved from a timm model. Generated images only."""
 
@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from timm_trd import evaluate as ev
-from timm_trd.toy_data import draw_sample
+from timm_trd.evaluation import evaluate as ev
+from timm_trd.data.toy_data import draw_sample
 
 
 def _toy_batch(n=6, size=48, seed=0):
-    """Shapes on striped or noisy textures (timm_trd.toy_data), as a normalised N x 3 x size x size batch."""
+    """Shapes on striped or noisy textures (timm_trd.data.toy_data), as a normalised N x 3 x size x size batch."""
     rng = np.random.default_rng(seed)
     shapes = ['circle', 'square', 'triangle', 'cross']
     images = [np.asarray(draw_sample(shapes[i % 4], size, rng), dtype=np.float32) / 255 for i in range(n)]
@@ -218,7 +218,7 @@ def test_command_end_to_end_on_a_saved_timm_checkpoint(image_folder, tmp_path):
     argv = ['--checkpoint', str(checkpoint), '--data-dir', str(image_folder), '--model', 'test_resnet',
             '--img-size', '32', '--sizes', '24', '--recal-batches', '2', '--recal-batch-size', '8',
             '--probe-images', '10', '--workers', '0', '-b', '8']
-    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluate', *argv, '--json', str(out)],
+    done = subprocess.run([sys.executable, '-m', 'timm_trd.evaluation.evaluate', *argv, '--json', str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())

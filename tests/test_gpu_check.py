@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh keeps working: its CPU dry runs go through every phase the two GPU calls run.
+"""experiments/gpu_check.sh keeps working: its CPU dry runs go through every phase the two GPU calls run.
 
 Call 1 (accuracy) and call 2 (two processes on one device, torch.compile, speed) run timm's train.py: their
 phases need $TIMM_TRAIN_SCRIPT (or --prepare's .gpu_check/train.py) and are skipped with that reason otherwise.
@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / 'scripts' / 'gpu_check.sh'
+SCRIPT = ROOT / 'experiments' / 'gpu_check.sh'
 # the check takes .gpu_check/train.py (--prepare's copy) where there is one, else $TIMM_TRAIN_SCRIPT
 HAS_TRAIN_SCRIPT = bool(os.environ.get('TIMM_TRAIN_SCRIPT')) or (ROOT / '.gpu_check' / 'train.py').is_file()
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'experiments' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,7 +102,7 @@ def test_the_two_calls_and_the_machine_start_fit_the_device_time():
     assert set(calls) == {'1', '2'} and start_s + sum(deadlines.values()) <= device_s - 60  # a minute for transfers
     for c, call in calls.items():
         assert deadlines[c] + 10 <= call['timeout_s'] <= per_call_s
-        assert gpu_check.device_call(c)['command'] == f'bash scripts/gpu_check.sh --call {c}'
+        assert gpu_check.device_call(c)['command'] == f'bash experiments/gpu_check.sh --call {c}'
         assert '.gpu_check/wheels' in call['carry'] and '.gpu_check/train.py' in call['carry']
     assert start_s + sum(c['timeout_s'] for c in calls.values()) <= device_s  # even if both run to their hard stop
     assert set(gpu_check.CALL_PHASES['all']) == set(gpu_check.PHASES)
@@ -206,7 +206,7 @@ def test_speed_phases_time_each_path_against_the_full_size_run(call2):
 def test_collectives_on_two_processes_of_one_device(tmp_path):
     prefix = tmp_path / 'coll'
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                             str(ROOT / 'scripts' / 'gpu_check_train.py'), '--probe-out', str(prefix),
+                             str(ROOT / 'experiments' / 'gpu_check_train.py'), '--probe-out', str(prefix),
                              '--collectives-only'], capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = gpu_check.read_probe(prefix)

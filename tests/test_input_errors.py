@@ -16,7 +16,7 @@ import pytest
 from conftest import MINI_TRAIN
 from test_bad_input import assert_one_line_error, run_launcher
 from timm_trd import install
-from timm_trd.accounting import STUDENT_STEP, count_forward_flops
+from timm_trd.plugin.accounting import STUDENT_STEP, count_forward_flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_a_train_script_that_is_not_train_py_is_refused_unrun(tmp_path, capsys, 
 def test_a_train_py_under_another_file_name_runs(image_folder, tmp_path, capsys):
     script = tmp_path / 'train_copy'  # no .py suffix: importlib alone finds no loader for it
     script.write_text(MINI_TRAIN.read_text())
-    from timm_trd import launcher
+    from timm_trd.cli import launcher
     launcher.main(['--train-script', str(script), '--data-dir', str(image_folder), '--epochs', '1'])
     assert 'MINI_RESULT' in capsys.readouterr().out
 
@@ -60,8 +60,8 @@ def test_a_train_py_under_another_file_name_runs(image_folder, tmp_path, capsys)
 
 def test_aug_repeats_pass_the_check_in_a_distributed_launch(mini_train, monkeypatch):
     import argparse
-    from timm_trd.config import TRDConfigError
-    from timm_trd.train_inputs import check_aug_repeats
+    from timm_trd.errors import TRDConfigError
+    from timm_trd.plugin.train_inputs import check_aug_repeats
     with pytest.raises(TRDConfigError, match='add --aug-repeats 0 for a single process'):
         check_aug_repeats(argparse.Namespace(aug_repeats=3))
     monkeypatch.setenv('WORLD_SIZE', '2')  # as torchrun sets it: timm's RepeatAugSampler takes it
@@ -93,7 +93,7 @@ def test_one_trd_size_keeps_a_non_square_aspect(mini_train, image_folder, monkey
 
 
 def test_two_trd_sizes_are_taken_as_given(mini_train):
-    from timm_trd.config import config_from_args
+    from timm_trd.plugin.config import config_from_args
     import argparse
     config = config_from_args(argparse.Namespace(trd_prob=0.5, trd_size=['15', '15']))
     assert config.reduced_hw((30, 40)) == (15, 15) and not config.short_side
@@ -102,7 +102,7 @@ def test_two_trd_sizes_are_taken_as_given(mini_train):
 
 
 def test_train_py_non_square_size(train_script, tmp_path):
-    from timm_trd.toy_data import make_image_folder
+    from timm_trd.data.toy_data import make_image_folder
     data = make_image_folder(tmp_path / 'data', size=64, train_per_class=8, val_per_class=2)
     code, log = train_py(train_script, '--data-dir', str(data), '--model', 'resnet10t', '--num-classes', '4',
                          '--input-size', '3', '48', '64', '--epochs', '1', '--device', 'cpu', '--workers', '0', '-b', '8',
@@ -189,7 +189,7 @@ def test_the_parse_step_warns_on_rank_0_only(mini_train, monkeypatch, caplog, ra
 
 def test_counting_the_epochs_ahead_emits_no_timm_warning(mini_train):
     import warnings
-    from timm_trd.epochs import scheduled_epochs
+    from timm_trd.plan.epochs import scheduled_epochs
     args = mini_train.parser.parse_args(['--sched', 'plateau', '--epochs', '3'])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')

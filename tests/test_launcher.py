@@ -15,8 +15,8 @@ import timm
 
 import conftest
 from conftest import MINI_TRAIN
-from timm_trd import launcher
-from timm_trd.config import TRDConfigError
+from timm_trd.cli import launcher, train_script
+from timm_trd.errors import TRDConfigError
 
 VERSION = timm.__version__
 TAG = f'v{VERSION}'
@@ -45,7 +45,7 @@ def newcomer(tmp_path, monkeypatch):
     """A folder without train.py, no $TIMM_TRAIN_SCRIPT, an empty cache: a fresh machine."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv('TIMM_TRAIN_SCRIPT', raising=False)
-    monkeypatch.delenv(launcher.URL_ENV_VAR, raising=False)
+    monkeypatch.delenv(train_script.URL_ENV_VAR, raising=False)
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     return tmp_path
 
@@ -170,7 +170,7 @@ def test_missing_train_script_names_the_download_command(newcomer, capsys, monke
 
 def test_get_train_script_saves_the_release_file_and_the_launcher_finds_it(newcomer, server, capsys, monkeypatch):
     base, requests = server
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'{base}/ok/')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'{base}/ok/')
     launcher.main(['--get-train-script'])
     cached = (newcomer / 'cache' / 'timm-trd' / f'train-{VERSION}.py').resolve()
     out = capsys.readouterr().out
@@ -182,20 +182,20 @@ def test_get_train_script_saves_the_release_file_and_the_launcher_finds_it(newco
     launcher.main(['--get-train-script'])  # a second time: kept, not downloaded again
     assert f'already at {cached}' in capsys.readouterr().out and len(requests) == 1
 
-    assert launcher.find_train_script(None) == cached  # the launcher finds it next time ...
+    assert train_script.find_train_script(None) == cached  # the launcher finds it next time ...
     code, captured = run_launcher(['--help'], capsys, monkeypatch)
     assert code == 0 and f'train.py: {cached}' in captured.out and 'mini train script' in captured.out
 
     (newcomer / 'train.py').write_text('')  # ... after ./train.py
-    assert launcher.find_train_script(None) == (newcomer / 'train.py').resolve()
+    assert train_script.find_train_script(None) == (newcomer / 'train.py').resolve()
     monkeypatch.setenv('TIMM_TRAIN_SCRIPT', str(MINI_TRAIN))  # ... after $TIMM_TRAIN_SCRIPT
-    assert launcher.find_train_script(None) == MINI_TRAIN
-    assert launcher.find_train_script(str(cached)) == cached  # ... after --train-script
+    assert train_script.find_train_script(None) == MINI_TRAIN
+    assert train_script.find_train_script(str(cached)) == cached  # ... after --train-script
 
 
 def test_get_train_script_into_a_folder(newcomer, server, capsys, monkeypatch):
     base, _ = server
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'{base}/ok')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'{base}/ok')
     launcher.main(['--get-train-script', str(newcomer / 'scripts')])
     saved = (newcomer / 'scripts' / f'train-{VERSION}.py').resolve()
     assert saved.read_bytes() == MINI_TRAIN.read_bytes()
@@ -207,7 +207,7 @@ def test_offline_stops_with_one_line_naming_the_url_and_git_clone(newcomer, serv
     with socket.socket() as s:  # a port on 127.0.0.1 that nothing listens on
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'http://127.0.0.1:{port}')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'http://127.0.0.1:{port}')
     code, captured = run_launcher(['--get-train-script'], capsys, monkeypatch)
     assert_one_line_error(code, captured, f'could not download http://127.0.0.1:{port}/{TAG}/train.py',
                           f'git clone --branch {TAG} ')
@@ -216,7 +216,7 @@ def test_offline_stops_with_one_line_naming_the_url_and_git_clone(newcomer, serv
 
 def test_http_error_stops_with_one_line(newcomer, server, capsys, monkeypatch):
     base, _ = server
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'{base}/missing')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'{base}/missing')
     code, captured = run_launcher(['--get-train-script'], capsys, monkeypatch)
     assert_one_line_error(code, captured, f'could not download {base}/missing/{TAG}/train.py (HTTP 404',
                           f'git clone --branch {TAG} --depth 1 https://github.com/huggingface/pytorch-image-models')
@@ -224,10 +224,10 @@ def test_http_error_stops_with_one_line(newcomer, server, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize('route,lacks', [('broken', 'lacks train_one_epoch'),
-                                         ('html', f'lacks {", ".join(launcher.required_seams())}')])
+                                         ('html', f'lacks {", ".join(train_script.required_seams())}')])
 def test_download_without_the_seams_is_not_saved(newcomer, server, capsys, monkeypatch, route, lacks):
     base, _ = server
-    monkeypatch.setenv(launcher.URL_ENV_VAR, f'{base}/{route}')
+    monkeypatch.setenv(train_script.URL_ENV_VAR, f'{base}/{route}')
     code, captured = run_launcher(['--get-train-script'], capsys, monkeypatch)
     assert_one_line_error(code, captured, 'is not a train.py timm-trd can attach to', lacks, 'nothing saved')
     assert not (newcomer / 'cache' / 'timm-trd' / f'train-{VERSION}.py').exists()
@@ -235,16 +235,16 @@ def test_download_without_the_seams_is_not_saved(newcomer, server, capsys, monke
 
 def test_seams_are_found_without_running_the_file():
     source = MINI_TRAIN.read_text() + '\nraise SystemExit("must not run")\n'
-    assert launcher.missing_seams(source) == []
-    assert {'parser', '_parse_args', 'create_loader', 'train_one_epoch', 'main'} <= set(launcher.required_seams())
-    assert set(launcher.required_seams()) <= launcher.module_level_names(source)
+    assert train_script.missing_seams(source) == []
+    assert {'parser', '_parse_args', 'create_loader', 'train_one_epoch', 'main'} <= set(train_script.required_seams())
+    assert set(train_script.required_seams()) <= train_script.module_level_names(source)
 
 
 def test_a_development_timm_has_no_tag_and_points_to_the_main_branch(newcomer):
-    assert launcher.release_tag('1.0.31') == 'v1.0.31'
-    assert launcher.release_tag('1.0.29.dev0') is None
+    assert train_script.release_tag('1.0.31') == 'v1.0.31'
+    assert train_script.release_tag('1.0.29.dev0') is None
     with pytest.raises(TRDConfigError, match=r'timm 1\.0\.29\.dev0 is a development version .* main branch'):
-        launcher.fetch_train_script(version='1.0.29.dev0')
+        train_script.fetch_train_script(version='1.0.29.dev0')
 
 
 def test_get_train_script_takes_one_folder_only(newcomer, capsys, monkeypatch):

@@ -96,7 +96,7 @@ def test_two_nodes_one_process_each_mini_train(image_folder, tmp_path, rendezvou
 
 
 def test_two_nodes_one_process_each_train_py(train_script, tmp_path):
-    from timm_trd.toy_data import make_image_folder
+    from timm_trd.data.toy_data import make_image_folder
     data = make_image_folder(tmp_path / 'images', size=64, train_per_class=16, val_per_class=4)
     recipe = tmp_path / 'trd.yaml'
     recipe.write_text(yaml.safe_dump({'trd_prob': 0.5, 'trd_size': 32}))

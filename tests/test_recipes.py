@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from timm_trd import install
-from timm_trd.config import TRDConfigError, config_from_args
-from timm_trd.launcher import load_train_module
-from timm_trd.schedule import TRDSchedule, compute_share
-from timm_trd.toy_data import make_image_folder
+from timm_trd.plugin.config import TRDConfigError, config_from_args
+from timm_trd.cli.train_script import load_train_module
+from timm_trd.plan.schedule import TRDSchedule, compute_share
+from timm_trd.data.toy_data import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / 'recipes'

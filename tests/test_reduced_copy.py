@@ -16,11 +16,11 @@ from PIL import Image
 from conftest import MINI_TRAIN
 from test_decode import psnr, same_draws, today, unit_transform, write_folder
 from timm_trd import TRDSchedule
-from timm_trd.config import TRDConfigError, config_from_args
-from timm_trd.decode import ReducedDecodeDataset, ReducedLoading
-from timm_trd.copy_check import check_copy
-from timm_trd.copy_index import INDEX, JOURNAL, MANIFEST, TEMP_MARK
-from timm_trd.reduced_copy import main as copy_main, make_copy
+from timm_trd.plugin.config import TRDConfigError, config_from_args
+from timm_trd.data.decode import ReducedDecodeDataset, ReducedLoading
+from timm_trd.data.reduced_copy.check import check_copy
+from timm_trd.data.reduced_copy.index import INDEX, JOURNAL, MANIFEST, TEMP_MARK
+from timm_trd.data.reduced_copy.make import main as copy_main, make_copy
 
 pytestmark = pytest.mark.skipif(ReducedDecodeDataset is None, reason='needs the loader path (timm >= 1.0.29)')
 
@@ -297,7 +297,7 @@ def test_unreadable_sources_are_skipped_named_and_read_from_the_original(tmp_pat
     copy_main([str(train), str(copy), '--workers', '1'])  # a rerun does not fail on them either
     assert '6 kept' in capsys.readouterr().out
     from timm.data import ImageDataset, create_loader
-    from timm_trd.decode import attach
+    from timm_trd.data.decode import attach
     loader = create_loader(ImageDataset(str(train)), input_size=(3, 64, 64), batch_size=4, is_training=True,
                            use_prefetcher=False, input_size_choices=[(3, 64, 64), (3, 32, 32)],
                            batch_choice_weights=[0.0, 1.0], batch_choice_seed=0, num_workers=0)
@@ -390,7 +390,7 @@ def test_sigkill_leaves_no_workers_and_the_next_run_resumes_and_clears_litter(tm
     import time
     train = write_folder(tmp_path / 'train', n_per_class=30, size=(640, 480))
     copy = tmp_path / 'copy'
-    tool = subprocess.Popen([sys.executable, '-m', 'timm_trd.reduced_copy', str(train), str(copy), '--workers', '2'],
+    tool = subprocess.Popen([sys.executable, '-m', 'timm_trd.data.reduced_copy.make', str(train), str(copy), '--workers', '2'],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'})
     deadline, workers = time.time() + 120, []
@@ -432,7 +432,7 @@ def test_training_refuses_a_copy_of_the_validation_folder_until_the_named_rerun(
     write_folder(tmp_path / 'data' / 'train', n_per_class=3, seed=0)
     write_folder(tmp_path / 'data' / 'val', n_per_class=3, seed=1)
     copy = tmp_path / 'copy'
-    tool = [sys.executable, '-m', 'timm_trd.reduced_copy']
+    tool = [sys.executable, '-m', 'timm_trd.data.reduced_copy.make']
     subprocess.run([*tool, str(tmp_path / 'data' / 'val'), str(copy), '--workers', '1'], check=True,
                    capture_output=True)
     args = ['--data-dir', str(tmp_path / 'data'), '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '32',

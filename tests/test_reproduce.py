@@ -1,4 +1,4 @@
-"""scripts/reproduce.py: the arms' train.py and timm-trd-eval command lines, the frontier plan, the compute
+"""experiments/reproduce.py: the arms' train.py and timm-trd-eval command lines, the frontier plan, the compute
 accounting and the report, on fabricated result rows (the full runs need timm's train.py and the shared datasets;
 one short real run per kind of arm checks the size counting where $TIMM_TRAIN_SCRIPT is set)."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TESTS
 
-SCRIPT = TESTS.parent / 'scripts' / 'reproduce.py'
+SCRIPT = TESTS.parent / 'experiments' / 'reproduce.py'
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import torch
 
 from conftest import MINI_TRAIN
 from timm_trd import install
-from timm_trd.launcher import load_train_module
-from timm_trd.resume import SERVED, resume_state
-from timm_trd.schedule import TRDSchedule
+from timm_trd.cli.train_script import load_train_module
+from timm_trd.plugin.resume import SERVED, resume_state
+from timm_trd.plan.schedule import TRDSchedule
 
 FULL, SMALL = 40, 24
 
@@ -143,7 +143,7 @@ def test_start_epoch_and_record_come_from_the_checkpoint(tmp_path, caplog):
 
 def test_train_py_resume_with_another_prob(train_script, tmp_path):
     from test_train_options import COMMON, train_py  # the options and runner of the other train.py tests
-    from timm_trd.toy_data import make_image_folder
+    from timm_trd.data.toy_data import make_image_folder
     data = make_image_folder(tmp_path / 'data', size=64, train_per_class=8, val_per_class=2)
     args = [*COMMON, '--img-size', '64', '--epochs', '3', '--trd-size', '32', '--checkpoint-hist', '5',
             '--output', str(tmp_path)]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from timm_trd.schedule import TRDSchedule, compute_share, round_half_up
+from timm_trd.plan.schedule import TRDSchedule, compute_share, round_half_up
 
 
 @pytest.mark.parametrize('prob', [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])

@@ -33,7 +33,7 @@ import yaml
 
 from conftest import MINI_TRAIN
 from test_multinode import assert_same_sizes_on_both_ranks, mini_recipe
-from timm_trd.toy_data import make_image_folder
+from timm_trd.data.toy_data import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SBATCH = REPO / 'scripts' / 'slurm_train.sbatch'

@@ -18,12 +18,12 @@ import torch
 
 from conftest import MINI_TRAIN, PATHS
 from timm_trd import TRDLoader, TRDSchedule, install
-from timm_trd.accounting import CostModel
-from timm_trd.config import TRDConfigError
-from timm_trd.launcher import load_train_module
-from timm_trd.report import epoch_line
-from timm_trd.sampler import loader_path_unavailable
-from timm_trd.toy_data import make_image_folder
+from timm_trd.plugin.accounting import CostModel
+from timm_trd.errors import TRDConfigError
+from timm_trd.cli.train_script import load_train_module
+from timm_trd.plugin.report import epoch_line
+from timm_trd.data.sampler import loader_path_unavailable
+from timm_trd.data.toy_data import make_image_folder
 
 FULL, SMALL = 40, 24
 
@@ -95,7 +95,7 @@ def test_cycles_keep_trd_on_in_the_second_cycle(mini_train, image_folder, monkey
 
 
 def test_a_tail_longer_than_the_scheduled_epochs_is_rejected_up_front(mini_train, image_folder, monkeypatch, capsys):
-    from timm_trd import launcher
+    from timm_trd.cli import launcher
     argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', str(FULL),
             '--sched', 'step', '--epochs', '3', '--cooldown-epochs', '3', '--trd-prob', '0.5', '--trd-full-res-epochs', '4']
     with pytest.raises(SystemExit) as exit_info:
@@ -122,7 +122,7 @@ def test_the_plan_follows_the_count_train_py_gets(mini_train):
 # -- 2. models that accept one input size only -------------------------------------------------------------------------
 
 def test_a_fixed_size_model_stops_before_the_first_step_with_the_fix(image_folder, capsys):
-    from timm_trd import launcher
+    from timm_trd.cli import launcher
     argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--model', 'test_vit3',
             '--img-size', '160', '--trd-prob', '0.5', '--trd-size', '80', '--trd-granularity', 'epoch', '--epochs', '4']
     with pytest.raises(SystemExit) as exit_info:
@@ -152,7 +152,7 @@ def test_a_dynamic_size_vit_trains_with_trd(mini_train, image_folder, monkeypatc
 ])
 @pytest.mark.parametrize('path', ['auto', 'device'])
 def test_trains_own_scheduled_loader_options_are_rejected(image_folder, capsys, extra, expected, path):
-    from timm_trd import launcher
+    from timm_trd.cli import launcher
     argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', str(FULL),
             '--trd-prob', '0.5', '--trd-mode', path, *extra]
     with pytest.raises(SystemExit) as exit_info:
@@ -175,7 +175,7 @@ def test_create_loader_arguments_that_trd_cannot_honour_are_refused(mini_train):
 def test_compile_builds_one_static_graph_per_size():
     import torch._dynamo
     import torch._dynamo.config as dynamo_config
-    from timm_trd.static_shapes import keep_static_shapes
+    from timm_trd.plugin.static_shapes import keep_static_shapes
 
     graphs = []
 
@@ -266,7 +266,8 @@ def test_loader_path_falls_back_when_timms_sampler_does_not_follow_the_plan(mini
                                                                            capsys):
     import timm.data.loader as timm_loader
     from timm.data.scheduled_sampler import ScheduledBatchSampler
-    from timm_trd import launcher, sampler
+    from timm_trd.cli import launcher
+    from timm_trd.data import sampler
 
     seen = []
     original_create = timm_loader.create_loader

@@ -7,8 +7,8 @@ import sys
 import pytest
 import yaml
 
-from timm_trd.sampler import loader_path_unavailable
-from timm_trd.toy_data import make_image_folder
+from timm_trd.data.sampler import loader_path_unavailable
+from timm_trd.data.toy_data import make_image_folder
 
 COMMON = ['--model', 'resnet10t', '--num-classes', '4', '--img-size', '64', '--epochs', '2', '--device', 'cpu',
           '-b', '8', '--workers', '1', '--seed', '7', '--lr', '0.01', '--log-interval', '100']

@@ -15,9 +15,9 @@ import types
 
 import pytest
 
-from timm_trd.config import add_arguments
-from timm_trd.toy_data import make_image_folder
-from timm_trd.wandb_guard import GuardedWandb, guard_wandb
+from timm_trd.plugin.config import add_arguments
+from timm_trd.data.toy_data import make_image_folder
+from timm_trd.plugin.wandb_guard import GuardedWandb, guard_wandb
 
 ARGS = ['--model', 'resnet10t', '--num-classes', '4', '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '32',
         '--device', 'cpu', '-b', '8', '--workers', '1', '--log-interval', '100', '--log-wandb', '--wandb-project', 'trd-test']

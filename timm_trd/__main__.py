@@ -1,4 +1,4 @@
 """``python -m timm_trd <train.py arguments>``: the same as ``timm-trd-train``."""
-from .launcher import main
+from .cli.launcher import main
 
 main()

@@ -1,0 +1,165 @@
+"""The start-up check of ``--trd-reduced-copy``: the copy serves the training folder's pictures and no others.
+
+Checked against the copy's own record (:mod:`timm_trd.data.reduced_copy.index`), at a cost meant for ImageNet's 1.28 M files:
+
+- always, for every file: the copy is complete (its manifest is there), made with the run's image mode, and holds
+  exactly the training folder's images (none missing, none extra, no temporary file of a killed run); every
+  training image has the size and modification time (to the nanosecond) of the source its copy was made from
+  (a copy of another folder with the same file names, or an original replaced since, fails here, whatever its
+  time); every copied file has the size and time it was written with (a cut or replaced file fails);
+- on a sample (``sample`` files, 100 by default, the same in every rank): the content digests of source and copy.
+
+Reading every byte is left to ``timm-trd-reduced-copy`` itself: its rerun verifies every digest and fixes what it
+finds. Images the tool could not read are accepted: reduced batches read their original (train.py then skips
+them with a warning, as without the copy).
+"""
+
+import hashlib
+import os
+import random
+from typing import FrozenSet, NamedTuple
+
+from . import index as ci
+from .index import MANIFEST
+
+SAMPLE = 100
+SHOWN = 1  # examples named per kind of mismatch
+
+
+class CheckedCopy(NamedTuple):
+    dir: str  # the copy of the training folder
+    scale: float
+    skipped: FrozenSet[str]  # training images (relative paths) the tool could not read: read from the original
+
+
+def _stat_state(path: str, size: int, mtime_ns: int):
+    """'gone' when ``path`` cannot be stat'ed, 'changed' when its size or ns mtime differ from the record, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 'gone'
+    return 'changed' if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) else None
+
+def _find(copy_dir: str, root: str) -> str:
+    """``copy_dir`` or its folder named as the training folder (the copy of the ``--data-dir`` holding it)."""
+    for candidate in (copy_dir, os.path.join(copy_dir, os.path.basename(os.path.normpath(root)))):
+        if os.path.isfile(os.path.join(candidate, MANIFEST)):
+            return candidate
+    return ''
+
+
+def rerun_command(root: str, copy_dir: str, manifest: dict, img_mode: str) -> str:
+    options = ''
+    if float(manifest.get('scale', 2.0)) != 2.0:
+        options += f' --scale {manifest["scale"]:g}'
+    if manifest.get('quality', 90) != 90:
+        options += f' --quality {manifest["quality"]}'
+    if img_mode != 'RGB':
+        options += f' --input-img-mode {img_mode}'
+    return f'timm-trd-reduced-copy {root} {copy_dir}{options}'
+
+
+class _Findings:
+    """Mismatches by kind, with a count and the first examples of each."""
+
+    def __init__(self):
+        self.kinds = {}
+
+    def add(self, kind: str, rel: str):
+        count, examples = self.kinds.get(kind, (0, []))
+        self.kinds[kind] = (count + 1, examples + [rel] if len(examples) < SHOWN else examples)
+
+    def line(self) -> str:
+        return '; '.join(f'{count} {kind} (e.g. {", ".join(examples)})'
+                         for kind, (count, examples) in self.kinds.items())
+
+
+def check_copy(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPLE) -> CheckedCopy:
+    """The copy of timm's folder ``reader``'s root (``copy_dir`` or a folder in it), checked as the module says.
+
+    Raises :class:`~timm_trd.errors.TRDConfigError` (one line naming the rerun that fixes it) otherwise."""
+    from ...errors import TRDConfigError
+    root = getattr(reader, 'root', None)
+    samples = getattr(reader, 'samples', None)
+    if root is None or samples is None:
+        raise TRDConfigError(f'--trd-reduced-copy needs an image folder dataset, not a {type(reader).__name__}; '
+                             f'drop --trd-reduced-copy')
+    found = _find(copy_dir, root)
+    if not found:
+        raise TRDConfigError(f'--trd-reduced-copy {copy_dir} is not a finished reduced copy (no {MANIFEST}); '
+                             f'run timm-trd-reduced-copy {root} {copy_dir} (it resumes)')
+    copy_dir = found
+    manifest = ci.load_manifest(copy_dir)
+    fix = rerun_command(root, copy_dir, manifest, img_mode)
+    if manifest.get('version') != ci.VERSION:
+        raise TRDConfigError(f'--trd-reduced-copy {copy_dir} was written by an older timm-trd-reduced-copy, which '
+                             f'did not record the source of each file; rerun {fix}')
+    if manifest['input_img_mode'] != img_mode:
+        raise TRDConfigError(f'--trd-reduced-copy {copy_dir} holds {manifest["input_img_mode"]} pictures and this '
+                             f'run reads {img_mode} (--input-img-mode); rerun {fix}')
+    problems, skipped = _compare(root, samples, copy_dir, manifest, sample)
+    if problems.kinds:
+        made_from = '' if os.path.abspath(root) == manifest.get('source') else f' (made from {manifest.get("source")})'
+        raise TRDConfigError(f'--trd-reduced-copy {copy_dir}{made_from} does not match the training folder {root}: '
+                             f'{problems.line()}; rerun {fix} (it fixes every mismatch)')
+    return CheckedCopy(copy_dir, float(manifest['scale']), frozenset(skipped))
+
+
+def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
+    """Every check of the module docstring; returns (findings, the skipped training images)."""
+    prefix = os.path.join(root, '')
+    training = {path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root): path
+                for path, _ in samples}
+    problems, copied, skipped, index_hash = _Findings(), [], [], hashlib.sha256()
+    seen = set()
+    for line, entry in ci.iter_index(os.path.join(copy_dir, ci.INDEX)):
+        index_hash.update(line.encode())
+        if entry is None:
+            continue
+        seen.add(entry.rel)
+        path = training.get(entry.rel)
+        if path is None:
+            problems.add('images not in the training folder', entry.rel)
+            continue
+        state = _stat_state(path, entry.size, entry.mtime_ns)
+        if state:
+            problems.add('training images gone while checking' if state == 'gone' else
+                         'training images that are not the ones the copy was made from (other size or time)',
+                         entry.rel)
+            continue
+        if entry.skipped:
+            skipped.append(entry.rel)
+            continue
+        state = _stat_state(os.path.join(copy_dir, entry.rel), entry.copy_size, entry.copy_mtime_ns)
+        if state:
+            problems.add('copied files missing' if state == 'gone' else
+                         'copied files changed since they were written (other size or time: cut, replaced)',
+                         entry.rel)
+            continue
+        copied.append(entry)
+    if index_hash.hexdigest() != manifest.get('index_sha256'):
+        problems.add(f'index changed since the copy was finished ({ci.INDEX})', ci.INDEX)
+    for rel in sorted(set(training).difference(seen)):
+        problems.add('training images missing there', rel)
+    images, temps = ci.scan_tree(copy_dir, _extensions())
+    unread = set(skipped)
+    for rel in images:
+        if rel not in seen and rel not in training:
+            problems.add('images not in the training folder', rel)
+        elif rel in unread:
+            problems.add('images the tool could not read, yet found in the copy', rel)
+    for rel in temps:
+        problems.add('leftover temporary files of a killed run', rel)
+    if os.path.exists(os.path.join(copy_dir, ci.JOURNAL)):
+        problems.add('journals of an unfinished run', ci.JOURNAL)
+    for entry in random.Random(manifest.get('index_sha256')).sample(copied, min(sample, len(copied))):
+        if ci.file_digest(training[entry.rel]) != entry.digest:
+            problems.add('training images whose content differs from the source the copy was made from', entry.rel)
+        elif ci.file_digest(os.path.join(copy_dir, entry.rel)) != entry.copy_digest:
+            problems.add('copied files whose content differs from what was written', entry.rel)
+    return problems, skipped
+
+
+def _extensions():
+    from .make import image_extensions
+    return image_extensions()

@@ -1,0 +1,54 @@
+"""train.py inputs that would end in a traceback of timm's, checked at parse time, before the model is built.
+
+Whether TRD is on or off, two of train.py's own settings fail late and without the fix in the message:
+
+- a ``--data-dir`` that does not exist (timm's image-folder dataset stops on a bare ``assert os.path.exists``);
+- ``--aug-repeats N`` (the "ResNet strikes back" A1/A2 recipes set 3) in a single process: train.py hands it to
+  ``create_loader``, whose only sampler for it is the distributed ``RepeatAugSampler``, so a one-process run
+  stops on timm's ``RepeatAugment not currently supported in non-distributed ...`` assertion.
+
+Each becomes one :class:`~timm_trd.errors.TRDConfigError` line that names the fix.
+"""
+
+import argparse
+import os
+
+from ..errors import TRDConfigError
+
+
+def _image_folder_dataset(args: argparse.Namespace) -> bool:
+    """Whether train.py builds timm's folder/tar ``ImageDataset``: a ``--dataset`` name without a ``prefix/``
+    (``torch/``, ``hfds/``, ``tfds/``, ``wds/`` ... read or download elsewhere)."""
+    return '/' not in str(getattr(args, 'dataset', '') or '')
+
+
+def check_data_dir(args: argparse.Namespace) -> None:
+    """An image-folder dataset needs an existing ``--data-dir`` (train.py also takes the old positional DATA)."""
+    if not _image_folder_dataset(args) or not hasattr(args, 'data_dir'):
+        return
+    root = args.data_dir or getattr(args, 'data', None)
+    if root and not os.path.exists(root):
+        raise TRDConfigError(f'--data-dir {root} does not exist; pass the folder that holds train/ and val/ '
+                             f'(or a .tar of it)')
+
+
+def distributed_launch() -> bool:
+    """Whether this process is one of several (timm's own test, the one train.py's device setup uses)."""
+    from timm.utils.distributed import is_distributed_env
+    return is_distributed_env()
+
+
+def check_aug_repeats(args: argparse.Namespace, recipe: dict = None) -> None:
+    """``--aug-repeats`` > 0 works only in a distributed run (timm's ``RepeatAugSampler``)."""
+    repeats = getattr(args, 'aug_repeats', 0) or 0
+    if repeats and not distributed_launch():
+        source = ' (set by the -c recipe)' if recipe and recipe.get('aug_repeats') == repeats else ''
+        raise TRDConfigError(
+            f'--aug-repeats {repeats:g}{source} needs several processes (timm repeats augmentations with its '
+            f'distributed RepeatAugSampler); add --aug-repeats 0 for a single process, or launch with torchrun '
+            f'--nproc-per-node N (N >= 2)')
+
+
+def check_train_inputs(args: argparse.Namespace, recipe: dict = None) -> None:
+    check_data_dir(args)
+    check_aug_repeats(args, recipe)
