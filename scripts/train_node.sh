@@ -18,7 +18,13 @@
 #                      (0 .. NNODES-1): torchrun's static rendezvous.
 #   PYTHON             the python that has torch, timm and timm-trd (default: python3)
 #   TORCHRUN_ARGS      more torchrun options, e.g. "--local-addr 10.0.0.5" or "--rdzv-conf join_timeout=900"
+#   MAX_RESTARTS       torchrun restarts all of this node's processes when one dies, up to this many times
+#                      (default 3); each restart resumes from the latest checkpoint (below)
+#   AUTO_RESUME        1 (default): pass --trd-auto-resume, so a restarted or requeued job continues from the latest
+#                      complete checkpoint in <output>/<experiment>; 0: do not (a folder with checkpoints then stops
+#                      the run rather than be written over)
 #
+# A run that can be restarted needs a fixed --experiment NAME (slurm_train.sbatch passes one per job).
 # The recipes assume a global batch (batch_size x all processes); with more or fewer GPUs than a recipe's header
 # assumes, pass -b to keep it (recipes/resnet50_a1_trd.yaml on 2 nodes x 8 GPUs: -b 128).
 set -euo pipefail
@@ -43,9 +49,13 @@ fi
 
 nnodes=${NNODES:-1}
 [[ $nnodes =~ ^[1-9][0-9]*$ ]] || die "NNODES must be a positive whole number, got '$nnodes'"
+max_restarts=${MAX_RESTARTS:-3}
+[[ $max_restarts =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a whole number, got '$max_restarts'"
+auto_resume=${AUTO_RESUME:-1}
+[[ $auto_resume == 0 || $auto_resume == 1 ]] || die "AUTO_RESUME must be 0 or 1, got '$auto_resume'"
 python=${PYTHON:-python3}
 
-launch=("$python" -m torch.distributed.run --nproc_per_node "$nproc")
+launch=("$python" -m torch.distributed.run --nproc_per_node "$nproc" --max-restarts "$max_restarts")
 if [[ $nnodes -eq 1 ]]; then
     launch+=(--standalone)
 elif [[ -n ${RDZV_ENDPOINT:-} ]]; then
@@ -69,7 +79,11 @@ launch+=(-m timm_trd)
 if [[ -n ${TIMM_TRAIN_SCRIPT:-} ]]; then
     launch+=(--train-script "$TIMM_TRAIN_SCRIPT")
 fi
-launch+=(-c "$recipe" --data-dir "$data_dir" "$@")
+launch+=(-c "$recipe" --data-dir "$data_dir")
+if [[ $auto_resume == 1 ]]; then
+    launch+=(--trd-auto-resume)
+fi
+launch+=("$@")
 
-echo "train_node.sh: $nnodes node(s) x $nproc process(es): ${launch[*]}" >&2
+echo "train_node.sh: $nnodes node(s) x $nproc process(es), up to $max_restarts restart(s): ${launch[*]}" >&2
 exec "${launch[@]}"

@@ -13,7 +13,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from collections import OrderedDict
 
 import torch
@@ -22,9 +24,10 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as NativeDDP
 
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
+from timm import utils
 from timm.models import create_model, resume_checkpoint
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import CheckpointSaver, ParseKwargs, setup_default_logging
+from timm.utils import ParseKwargs, setup_default_logging
 
 config_parser = argparse.ArgumentParser(description='config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str)
@@ -49,8 +52,19 @@ parser.add_argument('--sched-on-updates', action='store_true', default=False)
 parser.add_argument('--decay-epochs', type=float, default=90)
 parser.add_argument('--lr-cycle-mul', type=float, default=1.0)
 parser.add_argument('--lr-cycle-limit', type=int, default=1)
-parser.add_argument('--output', default=None, help='save a checkpoint per epoch with timm\'s CheckpointSaver here')
+parser.add_argument('--output', default=None,
+                    help='save a checkpoint per epoch with timm\'s CheckpointSaver here (with --experiment: in '
+                         'OUTPUT/EXPERIMENT, with a summary.csv, as train.py does)')
+parser.add_argument('--experiment', default='', help='as train.py: the sub-folder of --output for this run')
+parser.add_argument('--checkpoint-hist', type=int, default=10)
+parser.add_argument('--recovery-interval', type=int, default=0, help='as train.py: a recovery checkpoint every N steps')
 parser.add_argument('--resume', default=None, help='resume from a checkpoint (timm\'s resume_checkpoint)')
+parser.add_argument('--start-epoch', type=int, default=None)
+parser.add_argument('--die-at', default=None, metavar='EPOCH:RANK:STEP:MARKER',
+                    help='SIGKILL this process (rank RANK) after step STEP of epoch EPOCH, once: not again when the file '
+                         'MARKER exists (it is written first); a rank lost mid-run, for the restart tests')
+parser.add_argument('--step-sleep', type=float, default=0.0, help='seconds to sleep per step (a slower run for tests '
+                    'that stop it from outside)')
 parser.add_argument('--validate', action='store_true', default=False,
                     help='after each epoch, validate on the val split through a module-level validate()')
 parser.add_argument('--seed', type=int, default=42)
@@ -106,7 +120,8 @@ def _parse_args():
     return args, yaml.safe_dump(args.__dict__)
 
 
-def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None, task=None):
+def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('cpu'), mixup_fn=None, task=None,
+                    saver=None):
     shapes = STEPS.setdefault(epoch, [])
     total, count = 0.0, 0
     model.train()
@@ -126,7 +141,21 @@ def train_one_epoch(epoch, model, loader, optimizer, args, device=torch.device('
         loss.backward()
         optimizer.step()
         total, count = total + loss.item(), count + 1
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
+        if saver is not None and args.recovery_interval and count % args.recovery_interval == 0:
+            saver.save_recovery(epoch, batch_idx=count - 1)
+        if args.die_at:
+            _die_if_due(args.die_at, epoch, args.rank, count - 1)
     return OrderedDict([('loss', total / max(count, 1))])
+
+
+def _die_if_due(spec, epoch, rank, step):
+    die_epoch, die_rank, die_step, marker = spec.split(':', 3)
+    if (epoch, rank, step) == (int(die_epoch), int(die_rank), int(die_step)) and not os.path.exists(marker):
+        with open(marker, 'w') as f:
+            f.write(f'killed rank {rank} after step {step} of epoch {epoch}\n')
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def scheduled_loader_kwargs(args):
@@ -215,11 +244,16 @@ def main():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     start_epoch = 0
     if args.resume:
-        start_epoch = resume_checkpoint(model, args.resume, optimizer=optimizer, log_info=False)
-    saver = None
-    if args.output and args.rank == 0:
-        os.makedirs(args.output, exist_ok=True)
-        saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=args.output, recovery_dir=args.output)
+        start_epoch = resume_checkpoint(getattr(model, 'module', model), args.resume, optimizer=optimizer,
+                                        log_info=False)
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    saver = output_dir = None
+    if args.output and args.rank == 0:  # as train.py: utils' get_outdir and CheckpointSaver, on the primary rank
+        output_dir = utils.get_outdir(args.output, args.experiment) if args.experiment else args.output
+        os.makedirs(output_dir, exist_ok=True)
+        saver = utils.CheckpointSaver(model, optimizer, args=args, checkpoint_dir=output_dir, recovery_dir=output_dir,
+                                      max_history=args.checkpoint_hist)
     loader_eval = None
     if args.validate:
         loader_eval = create_loader(
@@ -229,13 +263,20 @@ def main():
     # as train.py: timm's scheduler factory says how many epochs run
     _, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader))
     epochs = []
+    best_metric = best_epoch = None
     for epoch in range(start_epoch, num_epochs):
-        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn, task=task)
+        metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn, task=task,
+                                  saver=saver)
         epochs.append(dict(metrics))
         if loader_eval is not None:
             validate(model, loader_eval, args)
+        if output_dir is not None and args.experiment:  # as train.py: the row first, then the checkpoint
+            utils.update_summary(epoch, metrics, None, filename=os.path.join(output_dir, 'summary.csv'),
+                                 write_header=best_metric is None)
         if saver is not None:
-            saver.save_checkpoint(epoch, metric=-float(metrics['loss']))
+            best_metric, best_epoch = saver.save_checkpoint(epoch, metric=-float(metrics['loss']))
+    if best_metric is not None:
+        logging.getLogger('mini_train').info(f'*** Best metric: {best_metric} (epoch {best_epoch})')
     result = {'rank': args.rank, 'epochs': epochs, 'shapes': {str(k): v for k, v in STEPS.items()},
               'num_epochs': num_epochs, 'validated': VALIDATED}
     print('MINI_RESULT ' + json.dumps(result), flush=True)

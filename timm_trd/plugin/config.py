@@ -113,6 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              '(written by timm-trd-reduced-copy; checked against it at start); full batches read the original '
              '(default: none)')
     group.add_argument(
+        '--trd-auto-resume', default=False, action=argparse.BooleanOptionalAction,
+        help='with --experiment NAME: continue from the latest complete checkpoint in <output>/NAME (a job that '
+             'SLURM requeued or torchrun restarted), or start at epoch 0 when there is none; keeps the checkpoint '
+             'history, summary.csv and the wandb run. Works with TRD off too. Without it, a run whose experiment '
+             'folder holds checkpoints stops instead of writing over them (default: off; on in scripts/train_node.sh)')
+    group.add_argument(
         '--train-script', default=None, metavar='PATH',
         help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py, else the '
              'copy timm-trd-train --get-train-script saved for the installed timm')
@@ -179,6 +185,12 @@ def _size(value) -> Optional[Tuple[int, int, bool]]:
         raise TRDConfigError(f'--trd-size must be positive, got {given}; give the reduced size in pixels, '
                              f'e.g. --trd-size 112 for training at 224')
     return dims[0], dims[-1], len(dims) == 1
+
+
+def auto_resume(args: argparse.Namespace) -> bool:
+    """``--trd-auto-resume`` as a bool (a ``-c`` YAML may give it as a string), written back into ``args``."""
+    args.trd_auto_resume = _flag(getattr(args, 'trd_auto_resume', False) or False, '--trd-auto-resume')
+    return args.trd_auto_resume
 
 
 def config_from_args(args: argparse.Namespace) -> TRDConfig:

@@ -32,6 +32,7 @@ failure no longer stops the run), a warning when a ``--trd-*`` setting is given 
 import argparse
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Optional
 
 import yaml
@@ -45,15 +46,18 @@ from ..errors import TRDConfigError
 from ..plan.epochs import planned_epochs
 from ..plan.schedule import TRDSchedule
 from .accounting import CostModel, kd_teacher
+from .autoresume import Continuation, prepare as prepare_resume, wandb_run_id
 from .bn_recal import BNRecalibrator
-from .config import TRDConfig, add_arguments, check_size, check_train_args, config_from_args, settings_without_effect
+from .config import (TRDConfig, add_arguments, auto_resume, check_size, check_train_args, config_from_args,
+                     settings_without_effect)
 from .ddp_cpu import make_ddp_cpu_safe
+from .elastic import separate_attempts
 from .recipe_keys import check_recipe
 from .report import epoch_line, ranks_agree, start_line
-from .resume import ResumeState, record_served, resume_state
+from .resume import PARTIAL, ResumeState, record_served, resume_state
 from .static_shapes import keep_static_shapes
 from .train_inputs import check_train_inputs
-from .wandb_guard import guard_wandb
+from .wandb_guard import GuardedWandb, guard_wandb
 
 _logger = logging.getLogger('timm_trd')
 
@@ -99,6 +103,7 @@ class TRDPlugin:
         self.eval_loader_built = False  # train.py built a validation loader (it validates after the last epoch)
         self.served_share = {}  # epoch -> compute share of what the loader served
         self.resumed: Optional[ResumeState] = None  # with --resume: what the epochs before it served
+        self.continuation: Optional[Continuation] = None  # resumed into its own folder (timm_trd.plugin.autoresume)
         self.channels = 3
         self._warned_unwrapped = False
 
@@ -119,6 +124,9 @@ class TRDPlugin:
             m.validate = self.validate
         make_ddp_cpu_safe(m)
         guard_wandb(m)
+        separate_attempts()
+        if hasattr(m, 'utils'):
+            m.utils = _PluginUtils(m.utils, self)
         return self
 
     # -- seam: argument parsing ----------------------------------------------------------------
@@ -126,10 +134,25 @@ class TRDPlugin:
         recipe = check_recipe(self.module)
         args, args_text = self.original['_parse_args'](*a, **kw)
         check_train_inputs(args, recipe)
+        self.continue_run(args)
         self.configure(args)
         # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
         args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
         return args, args_text
+
+    def continue_run(self, args: argparse.Namespace) -> None:
+        """``--trd-auto-resume`` finds the checkpoint to resume (``args.resume``), or a run that would write over its
+        experiment's checkpoints stops; a run resumed into its own folder keeps its records
+        (:mod:`~timm_trd.plugin.autoresume`)."""
+        auto = auto_resume(args)
+        folder = prepare_resume(args, _is_primary(args))
+        if folder is None:
+            return
+        self.continuation = Continuation(folder, Path(args.resume) if getattr(args, 'resume', None) else None)
+        wandb = getattr(self.module, 'wandb', None)
+        if auto and isinstance(wandb, GuardedWandb) and getattr(args, 'log_wandb', False) \
+                and not getattr(args, 'wandb_resume_id', None):
+            wandb.before_init = lambda kwargs: wandb_run_id(folder, kwargs)
 
     def configure(self, args: argparse.Namespace) -> TRDConfig:
         """Check the parsed train.py args and set up the run's schedule (raises TRDConfigError)."""
@@ -294,7 +317,8 @@ class TRDPlugin:
         share = self.cost.epoch_share(reduced, batches)
         self.served_share[epoch] = share
         if self.args is not None:  # into the args train.py's checkpoints save (see timm_trd.plugin.resume)
-            record_served(self.args, {**(self.resumed.served if self.resumed else {}), **self.served_share})
+            record_served(self.args, {**(self.resumed.served if self.resumed else {}), **self.served_share},
+                          self.resumed.partial if self.resumed else None)
         saved = self.saved_so_far(epoch, len(loader))
         if _is_primary(self.args):
             _logger.info(epoch_line(epoch, loader, stats, reduced, batches, share, saved, agree))
@@ -312,15 +336,48 @@ class TRDPlugin:
         """Share of compute saved over epochs ``0 .. last_epoch`` against an all-full-size run: what was served;
         for epochs before a resume, what the checkpoint records they served, else what the plan had them serve
         while the plan is unchanged, else (no record, other plan) they are left out (:mod:`timm_trd.plugin.resume`)."""
-        resumed, shares = self.resumed, []
+        resumed, shares = self.resumed, []  # (compute share, weight): an epoch a recovery checkpoint cut weighs less
         for e in range(last_epoch + 1):
             if e in self.served_share:
-                shares.append(self.served_share[e])
+                shares.append((self.served_share[e], 1.0))
             elif resumed is not None and e in resumed.served:
-                shares.append(resumed.served[e])
+                shares.append((resumed.served[e], 1.0))
+            elif resumed is not None and e in resumed.partial:
+                shares.append(tuple(resumed.partial[e]))
             elif resumed is None or resumed.past_at_plan:
-                shares.append(self.cost.epoch_share(self.schedule.reduced_count(e, batches), batches))
-        return 1.0 - sum(shares) / len(shares)
+                shares.append((self.cost.epoch_share(self.schedule.reduced_count(e, batches), batches), 1.0))
+        return 1.0 - sum(s * w for s, w in shares) / sum(w for _, w in shares)
+
+    # -- seam: train.py's utils (CheckpointSaver, update_summary) -------------------------------------
+    def saver_built(self, saver) -> None:
+        """train.py built its CheckpointSaver: a continued run gets its history back; with TRD, a recovery
+        checkpoint records what its epoch served so far (:data:`~timm_trd.plugin.resume.PARTIAL`)."""
+        if self.continuation is not None:
+            self.continuation.restore_saver(saver)
+        if self.enabled and hasattr(saver, 'save_recovery'):
+            save_recovery = saver.save_recovery
+
+            def save_recovery_with_record(epoch, *a, **kw):
+                self.record_partial(epoch)
+                return save_recovery(epoch, *a, **kw)
+            saver.save_recovery = save_recovery_with_record
+
+    def record_partial(self, epoch: int) -> None:
+        """What epoch ``epoch`` has served so far, into the args the recovery checkpoint saves: its compute share
+        and the share of the epoch's batches served."""
+        stats = self.loader.last_stats if self.loader is not None else None
+        if stats is None or self.cost is None or self.args is None or not len(self.loader):
+            return
+        batches, reduced = stats.batches(), stats.batches(self.loader.reduced_hw)
+        if batches:
+            partial = {int(epoch): [round(self.cost.epoch_share(reduced, batches), 6),
+                                    round(batches / len(self.loader), 6)]}
+            setattr(self.args, PARTIAL, {**(getattr(self.resumed, 'partial', None) or {}), **partial})
+
+    def update_summary(self, update_summary, epoch, *a, **kw):
+        if self.continuation is not None:
+            return self.continuation.update_summary(update_summary, epoch, *a, **kw)
+        return update_summary(epoch, *a, **kw)
 
     # -- seam: validation -----------------------------------------------------------------------
     def validate(self, model, *a, **kw):
@@ -341,6 +398,27 @@ class TRDPlugin:
         self.recalibrate(model, ' of the model', epoch=epoch, why=why)
         if ema is not None and not self._ema_on_cpu():
             self.recalibrate(ema, ' of the model (EMA)', epoch=epoch, why=why)
+
+
+class _PluginUtils:
+    """Stands in for train.py's ``utils`` (timm.utils): every name passes through, except the two that keep a
+    restarted run's records: the ``CheckpointSaver`` train.py builds is handed to :meth:`TRDPlugin.saver_built`, and
+    ``update_summary`` goes through :meth:`TRDPlugin.update_summary`."""
+
+    def __init__(self, utils, plugin: TRDPlugin):
+        self._utils = utils
+        self._plugin = plugin
+
+    def __getattr__(self, name):
+        return getattr(self._utils, name)
+
+    def CheckpointSaver(self, *a, **kw):  # noqa: N802 - timm's name
+        saver = self._utils.CheckpointSaver(*a, **kw)
+        self._plugin.saver_built(saver)
+        return saver
+
+    def update_summary(self, epoch, *a, **kw):
+        return self._plugin.update_summary(self._utils.update_summary, epoch, *a, **kw)
 
 
 def install(train_module) -> TRDPlugin:

@@ -36,6 +36,12 @@ _logger = logging.getLogger('timm_trd')
 SERVED = 'trd_served'
 """The train.py args attribute (so the checkpoints' ``args``) holding ``{epoch: compute share served}``."""
 
+PARTIAL = 'trd_served_partial'
+"""The same for an epoch a recovery checkpoint (train.py's ``--recovery-interval``) cut: ``{epoch: [compute share
+of the batches served, share of the epoch's batches served]}``. timm resumes a ``recovery-E-B`` checkpoint at epoch
+E + 1, so the rest of epoch E is never trained: the accounting counts the batches of E that were served, weighted
+by their share of the epoch, rather than re-planning or pretending the epoch was whole."""
+
 
 @dataclass
 class ResumeState:
@@ -44,6 +50,7 @@ class ResumeState:
     start_epoch: int
     served: Dict[int, float] = field(default_factory=dict)
     past_at_plan: bool = False
+    partial: Dict[int, List[float]] = field(default_factory=dict)  # epoch -> [share, weight] (see PARTIAL)
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,16 @@ def resume_state(args: argparse.Namespace, epochs: int, primary: bool) -> Option
         state = ResumeState(start, past_at_plan=not changes)
         past = (f'the checkpoint does not record what epochs 0-{start - 1} served (an earlier timm-trd), so '
                 f'train_trd_saved_cum restarts: it counts epochs {start} on only')
+    partial = getattr(saved, PARTIAL, None)
+    if isinstance(partial, dict) and isinstance(record, dict):
+        state.partial = {int(e): [float(v[0]), float(v[1])] for e, v in partial.items()
+                         if int(e) < start and int(e) not in state.served}
+        cut = start - 1
+        if cut in state.partial and primary and new.prob:
+            _logger.info(f'TRD: --resume {path} is a recovery checkpoint of epoch {cut}, written after '
+                         f'{state.partial[cut][1]:.0%} of its batches; timm goes on at epoch {start}, so the rest of '
+                         f'epoch {cut} is not trained, and train_trd_saved_cum counts only the batches of it that '
+                         f'were served')
     if changes and primary and start > 0:
         old_plan = plan_from(old.schedule(), old.size, start) if old is not None else 'unknown'
         new_plan = plan_from(new.schedule(), new.size, start)
@@ -175,6 +192,10 @@ def resume_state(args: argparse.Namespace, epochs: int, primary: bool) -> Option
     return state
 
 
-def record_served(args: argparse.Namespace, served: Dict[int, float]) -> None:
-    """Write the served compute shares into train.py's args, where its next checkpoint picks them up."""
+def record_served(args: argparse.Namespace, served: Dict[int, float],
+                  partial: Optional[Dict[int, List[float]]] = None) -> None:
+    """Write the served compute shares (and those of epochs a recovery checkpoint cut) into train.py's args, where
+    its next checkpoint picks them up."""
     setattr(args, SERVED, {int(e): round(float(s), 6) for e, s in sorted(served.items())})
+    if partial:
+        setattr(args, PARTIAL, {int(e): list(v) for e, v in sorted(partial.items())})

@@ -22,11 +22,14 @@ class GuardedWandb:
     def __init__(self, wandb, train_module):
         self._wandb = wandb
         self._train_module = train_module
+        self.before_init = None  # kwargs -> kwargs, e.g. the run id a restarted job continues (autoresume)
 
     def __getattr__(self, name):
         return getattr(self._wandb, name)
 
     def init(self, *args, **kwargs):
+        if self.before_init is not None:
+            kwargs = self.before_init(kwargs)
         try:
             return self._wandb.init(*args, **kwargs)
         except Exception as e:  # wandb raises UsageError, CommError, ... (and may change them)

@@ -1,0 +1,207 @@
+"""A restarted job continues its run (``--trd-auto-resume``), and a run never writes over its own checkpoints.
+
+The jobs here stop the way clusters stop them: a process SIGKILLed mid-epoch (``mini_train.py --die-at``, or from
+outside for timm's train.py), torchrun restarting every rank when one dies (``scripts/train_node.sh``), a checkpoint
+cut off while it was written. The restarted job is the same command line. Each test checks what the issue asks:
+every epoch's summary.csv row once under one header, the TRD columns of an uninterrupted run with the same seed,
+``model_best.pth.tar`` the best epoch of the whole run, and the line that says where the run resumed. tests/test_slurm.py
+does the same under a real SLURM (``scontrol requeue``, the time-limit signal).
+"""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MINI_TRAIN, found_train_script
+from timm_trd.plugin.autoresume import WANDB_ID_FILE, find_latest, read_checkpoint, wandb_run_id
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_NODE = REPO / 'scripts' / 'train_node.sh'
+TRD_COLUMNS = ('train_trd_reduced_batches', 'train_trd_batches', 'train_trd_compute')
+EPOCHS = 4
+
+
+def env():
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+
+
+def launch(*args, timeout=300):
+    return subprocess.run([sys.executable, '-m', 'timm_trd', *args], capture_output=True, text=True, timeout=timeout,
+                          env=env())
+
+
+def mini_args(data, out, experiment, *extra):
+    return ['--train-script', str(MINI_TRAIN), '--data-dir', str(data), '--img-size', '40', '--trd-size', '24',
+            '--trd-prob', '0.5', '--trd-mode', 'device', '--epochs', str(EPOCHS), '-b', '8', '--seed', '3',
+            '--output', str(out), '--experiment', experiment, '--log-info', *extra]
+
+
+def summary(folder: Path):
+    text = (folder / 'summary.csv').read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    return rows, sum(1 for line in text.splitlines() if line.startswith('epoch,'))
+
+
+def assert_continued_as_one_run(folder: Path, whole: Path, higher_is_better=True, metric='train_loss'):
+    """summary.csv: every epoch once, one header, the TRD columns of the uninterrupted run; model_best: the best."""
+    rows, headers = summary(folder)
+    reference, _ = summary(whole)
+    assert headers == 1, (folder / 'summary.csv').read_text()
+    assert [int(r['epoch']) for r in rows] == list(range(EPOCHS))
+    for row, ref in zip(rows, reference):
+        assert {c: row[c] for c in TRD_COLUMNS} == {c: ref[c] for c in TRD_COLUMNS}
+        assert float(row['train_trd_saved_cum']) == pytest.approx(float(ref['train_trd_saved_cum']), abs=2e-6)
+    values = [float(r[metric]) for r in rows]
+    best_epoch = max(range(EPOCHS), key=lambda e: values[e] if higher_is_better else -values[e])
+    assert int(read_checkpoint(folder / 'model_best.pth.tar')['epoch']) == best_epoch, values
+
+
+def test_a_killed_run_started_again_continues_from_its_last_checkpoint(image_folder, tmp_path):
+    whole = launch(*mini_args(image_folder, tmp_path, 'whole', '--trd-auto-resume'))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert 'TRD: auto-resume: no complete checkpoint in' in whole.stderr
+
+    marker = tmp_path / 'killed'
+    args = mini_args(image_folder, tmp_path, 'cut', '--trd-auto-resume', '--die-at', f'2:0:3:{marker}')
+    first = launch(*args)
+    assert first.returncode == -signal.SIGKILL and marker.exists(), first.stderr[-3000:]
+    again = launch(*args)  # the same command line, as SLURM's requeue or a user would run it
+    assert again.returncode == 0, again.stderr[-3000:]
+    folder = tmp_path / 'cut'
+    assert f'TRD: auto-resume: continuing from {folder / "last.pth.tar"} (epoch 1); training goes on at epoch 2' \
+        in again.stderr
+    assert 'checkpoint history restored (2 files)' in again.stderr
+    assert_continued_as_one_run(folder, tmp_path / 'whole', higher_is_better=False)
+
+
+def test_the_same_command_twice_into_one_folder_is_refused_before_it_writes(image_folder, tmp_path):
+    for prob in ('0.5', '0'):
+        args = mini_args(image_folder, tmp_path, f'p{prob}', '--trd-prob', prob)
+        assert launch(*args).returncode == 0
+        folder = tmp_path / f'p{prob}'
+        before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+        again = launch(*args)
+        assert again.returncode == 2
+        lines = again.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f'timm-trd: error: {folder} already holds checkpoints'), lines
+        assert '--trd-auto-resume' in lines[0] and 'another --experiment' in lines[0]
+        assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+
+
+def test_auto_resume_without_an_experiment_is_one_line(image_folder, tmp_path):
+    args = [a for a in mini_args(image_folder, tmp_path, 'x', '--trd-auto-resume') if a not in ('--experiment', 'x')]
+    done = launch(*args)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        'timm-trd: error: --trd-auto-resume needs --experiment NAME: the folder a restarted job finds its checkpoints '
+        'in (without it train.py names a new, timestamped folder at every start)']
+
+
+def test_a_checkpoint_cut_off_mid_write_is_skipped_and_named(image_folder, tmp_path):
+    marker = tmp_path / 'killed'
+    args = mini_args(image_folder, tmp_path, 'cut', '--trd-auto-resume', '--die-at', f'2:0:0:{marker}')
+    assert launch(*args).returncode == -signal.SIGKILL
+    folder = tmp_path / 'cut'
+    last = folder / 'last.pth.tar'
+    data = last.read_bytes()
+    partial = folder / 'partial'  # a new file: last.pth.tar is a hard link of checkpoint-1.pth.tar, which stays whole
+    partial.write_bytes(data[:len(data) // 2])
+    os.replace(partial, last)
+    latest, skipped = find_latest(folder)
+    assert latest.path.name == 'checkpoint-1.pth.tar' and latest.epoch == 1
+    assert len(skipped) == 1 and skipped[0].startswith('last.pth.tar (')
+    again = launch(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'TRD: auto-resume skipped last.pth.tar (' in again.stderr
+    assert f'continuing from {folder / "checkpoint-1.pth.tar"} (epoch 1); training goes on at epoch 2' in again.stderr
+    rows, headers = summary(folder)
+    assert headers == 1 and [int(r['epoch']) for r in rows] == list(range(EPOCHS))
+
+
+def test_a_recovery_checkpoint_resumes_at_the_next_epoch_and_counts_what_was_served(image_folder, tmp_path):
+    marker = tmp_path / 'killed'
+    args = mini_args(image_folder, tmp_path, 'rec', '--trd-auto-resume', '--recovery-interval', '2',
+                     '--die-at', f'1:0:5:{marker}')
+    assert launch(*args).returncode == -signal.SIGKILL
+    folder = tmp_path / 'rec'
+    latest, _ = find_latest(folder)
+    assert (latest.path.name, latest.epoch, latest.batch) == ('recovery-1-5.pth.tar', 1, 5)
+    again = launch(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'continuing from' in again.stderr and '(epoch 1, update 5 (a recovery checkpoint))' in again.stderr
+    assert 'is a recovery checkpoint of epoch 1, written after 50% of its batches; timm goes on at epoch 2, so the ' \
+           'rest of epoch 1 is not trained' in again.stderr
+    rows, headers = summary(folder)
+    assert headers == 1 and [int(r['epoch']) for r in rows] == [0, 2, 3]  # epoch 1 never finished
+    # the saved share counts epoch 1 by the 6 of its 12 batches that ran: weight 0.5
+    last = read_checkpoint(folder / 'last.pth.tar')['args']
+    partial = last.trd_served_partial[1]
+    shares = [(float(rows[0]['train_trd_compute']), 1.0), tuple(partial), (float(rows[1]['train_trd_compute']), 1.0),
+              (float(rows[2]['train_trd_compute']), 1.0)]
+    assert partial[1] == pytest.approx(0.5)
+    expected = 1 - sum(s * w for s, w in shares) / sum(w for _, w in shares)
+    assert float(rows[2]['train_trd_saved_cum']) == pytest.approx(expected, abs=2e-6)
+
+
+def test_torchrun_restarts_both_ranks_when_one_is_killed_and_they_resume(image_folder, tmp_path):
+    recipe = tmp_path / 'mini.yaml'
+    recipe.write_text('trd_prob: 0.5\ntrd_size: 24\nimg_size: 40\nbatch_size: 8\ntrd_mode: device\n')
+    marker = tmp_path / 'killed'
+    common = ['--epochs', str(EPOCHS), '--seed', '3', '--output', str(tmp_path), '--log-info', '--workers', '0']
+    runs = {}
+    for name, extra in (('whole', []), ('cut', ['--die-at', f'2:1:1:{marker}'])):
+        runs[name] = subprocess.run(
+            ['bash', str(TRAIN_NODE), str(recipe), str(image_folder), '2', *common, '--experiment', name, *extra],
+            capture_output=True, text=True, timeout=600,
+            env={**env(), 'PYTHON': sys.executable, 'TIMM_TRAIN_SCRIPT': str(MINI_TRAIN), 'MAX_RESTARTS': '1'})
+        assert runs[name].returncode == 0, runs[name].stderr[-4000:]
+    log = runs['cut'].stderr
+    assert marker.read_text() == 'killed rank 1 after step 1 of epoch 2\n'
+    assert '--max-restarts 1' in log and '--trd-auto-resume' in log
+    assert f'TRD: auto-resume: continuing from {tmp_path / "cut" / "last.pth.tar"} (epoch 1); training goes on at ' \
+           f'epoch 2' in log
+    assert_continued_as_one_run(tmp_path / 'cut', tmp_path / 'whole', higher_is_better=False)
+
+
+def test_the_wandb_run_id_is_kept_in_the_folder_and_used_again(tmp_path):
+    first = wandb_run_id(tmp_path, {'project': 'p'})
+    assert first['resume'] == 'allow' and len(first['id']) == 8
+    assert (tmp_path / WANDB_ID_FILE).read_text().strip() == first['id']
+    assert wandb_run_id(tmp_path, {'project': 'p'}) == first  # the restarted job: the same run
+    assert wandb_run_id(tmp_path, {'id': 'mine'}) == {'id': 'mine'}  # --wandb-resume-id wins
+
+
+TRAIN_PY_ARGS = ['--model', 'resnet10t', '--num-classes', '4', '--img-size', '40', '--trd-size', '24',
+                 '--trd-prob', '0.5', '--epochs', str(EPOCHS), '-b', '8', '--workers', '0', '--device', 'cpu',
+                 '--seed', '3', '--log-interval', '100', '--trd-auto-resume']
+
+
+def test_train_py_killed_and_started_again_continues_as_one_run(image_folder, tmp_path):
+    """timm's train.py ($TIMM_TRAIN_SCRIPT or the cached copy): killed from outside once its epoch-1 checkpoint is
+    written, then the same command line."""
+    train_script = found_train_script()
+    if train_script is None:
+        pytest.skip("needs timm's train.py: run `timm-trd-train --get-train-script` once, or set TIMM_TRAIN_SCRIPT")
+    common = ['--train-script', str(train_script), '--data-dir', str(image_folder), *TRAIN_PY_ARGS,
+              '--output', str(tmp_path)]
+    whole = launch(*common, '--experiment', 'whole', timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    folder = tmp_path / 'cut'
+    cmd = [sys.executable, '-m', 'timm_trd', *common, '--experiment', 'cut']
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (folder / 'checkpoint-1.pth.tar').exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    rows, _ = summary(folder)
+    assert len(rows) < EPOCHS, 'the run ended before it could be stopped'
+    again = launch(*cmd[3:], timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'TRD: auto-resume: continuing from' in again.stderr
+    assert_continued_as_one_run(folder, tmp_path / 'whole', higher_is_better=True, metric='eval_top1')
