@@ -83,7 +83,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.sock
+AuthInfo=socket={root}/munge/munge.sock,cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
@@ -95,6 +95,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=1
 SlurmdParameters=config_overrides
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
@@ -239,15 +240,22 @@ def job_environment(cluster, train_script):
     return env
 
 
-def submit_and_wait(cluster, env, log_dir, recipe, data, *train_args):
-    """sbatch the project's script as a CPU user would; wait for the job to end; its state, nodes and log."""
+def submit(cluster, env, log_dir, recipe, data, *train_args, sbatch_args=('--time=15',)):
     submitted = cluster.run(
-        'sbatch', '--parsable', '--nodes=2', '--gpus-per-node=0', '--cpus-per-task=1', '--time=15',
+        'sbatch', '--parsable', '--nodes=2', '--gpus-per-node=0', '--cpus-per-task=1', *sbatch_args,
         f'--output={log_dir}/slurm-%j.out', str(SBATCH), str(recipe), str(data), *train_args, cwd=REPO, env=env)
-    job_id = submitted.stdout.strip().split(';')[0]
+    return submitted.stdout.strip().split(';')[0]
+
+
+def submit_and_wait(cluster, env, log_dir, recipe, data, *train_args, job_id=None, during=None):
+    """sbatch the project's script as a CPU user would (or follow ``job_id``); wait for the job to end, calling
+    ``during(job_id)`` every second until it returns True; its state, nodes and log."""
+    job_id = job_id or submit(cluster, env, log_dir, recipe, data, *train_args)
     deadline, started = time.monotonic() + JOB_TIMEOUT, time.monotonic()
     state = None
     while time.monotonic() < deadline:
+        if during is not None and during(job_id):
+            during = None
         state, exit_code, nodes = cluster.job_state(job_id)
         if state in FINAL_STATES:
             break
@@ -294,3 +302,75 @@ def test_sbatch_script_trains_with_trd_on_two_slurm_nodes(cluster, image_folder,
         assert 'Training in distributed mode' in log and (tmp_path / 'slurm' / 'summary.csv').is_file()
     else:
         assert_same_sizes_on_both_ranks(tmp_path)
+
+
+def restart_run(tmp_path, image_folder):
+    """The SLURM restart tests' run: tests/mini_train.py, 2 nodes x 1 process, 4 epochs slowed to a few seconds each,
+    into the folder the job names itself (<output>/timm-trd-<job id>); and the same run uninterrupted, under
+    torchrun on this machine (2 processes: the same plan and batches), for the TRD columns."""
+    recipe = mini_recipe(tmp_path)
+    args = ['--epochs', '4', '--seed', '3', '--workers', '0', '--log-info', '--output', str(tmp_path / 'runs')]
+    whole = subprocess.run(['bash', str(REPO / 'scripts' / 'train_node.sh'), str(recipe), str(image_folder), '2',
+                            *args, '--experiment', 'whole'], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable,
+                                'TIMM_TRAIN_SCRIPT': str(MINI_TRAIN), 'PYTHONWARNINGS': 'ignore'})
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return recipe, args + ['--step-sleep', '0.8']
+
+
+def assert_one_run(tmp_path, job_id, log):
+    from test_autoresume import EPOCHS, assert_continued_as_one_run
+    assert EPOCHS == 4
+    folder = tmp_path / 'runs' / f'timm-trd-{job_id}'
+    assert_continued_as_one_run(folder, tmp_path / 'runs' / 'whole', higher_is_better=False)
+    resumed = [line for line in log.splitlines() if 'TRD: auto-resume: continuing from' in line]
+    assert len(resumed) == 1 and str(folder) in resumed[0], log[-4000:]
+    return resumed[0]
+
+
+def test_a_requeued_job_resumes_where_it_stopped_and_completes(cluster, image_folder, tmp_path):
+    recipe, args = restart_run(tmp_path, image_folder)
+    env = job_environment(cluster, MINI_TRAIN)
+    requeued = []
+
+    def requeue_after_epoch_1(job_id):
+        if (tmp_path / 'runs' / f'timm-trd-{job_id}' / 'checkpoint-1.pth.tar').exists():
+            cluster.run('scontrol', 'requeue', job_id)
+            requeued.append(time.monotonic())
+            return True
+        return False
+
+    job_id, state, exit_code, _, log, job_s = submit_and_wait(cluster, env, tmp_path, recipe, image_folder, *args,
+                                                              during=requeue_after_epoch_1)
+    restarts = re.search(r'Restarts=(\d+)', cluster.run('scontrol', '-o', 'show', 'job', job_id).stdout).group(1)
+    print(f'SLURM: job {job_id} requeued after epoch 1, {state} in {job_s:.1f} s, Restarts={restarts}')
+    assert (state, exit_code, restarts) == ('COMPLETED', '0:0', '1'), log[-4000:]
+    assert requeued and f'slurm_train.sbatch: job {job_id} (start 2)' in log
+    line = assert_one_run(tmp_path, job_id, log)
+    assert 'training goes on at epoch 2' in line or 'training goes on at epoch 3' in line, line
+    print(line)
+
+
+def test_a_job_at_its_time_limit_requeues_itself_and_resumes(cluster, image_folder, tmp_path):
+    """--time=2 with --signal=B:USR1@40: slurmctld signals the script 50-80 s in (from 30 s before the asked time on,
+    checking every 30 s), after epoch 0 and before epoch 3 (24 s each); the trap requeues the job; once it is requeued
+    the test lifts the limit (a fresh start would be signalled again)."""
+    recipe, args = restart_run(tmp_path, image_folder)
+    env = job_environment(cluster, MINI_TRAIN)
+    job_id = submit(cluster, env, tmp_path, recipe, image_folder, *args,
+                    '--step-sleep', '4', sbatch_args=('--time=2', '--signal=B:USR1@40'))
+
+    def lift_the_limit_once_requeued(job_id):
+        fields = cluster.run('scontrol', '-o', 'show', 'job', job_id).stdout
+        if re.search(r'Restarts=[1-9]', fields):
+            cluster.run('scontrol', 'update', f'JobId={job_id}', 'TimeLimit=15')
+            return True
+        return False
+
+    job_id, state, exit_code, _, log, job_s = submit_and_wait(cluster, env, tmp_path, recipe, image_folder,
+                                                              job_id=job_id, during=lift_the_limit_once_requeued)
+    print(f'SLURM: job {job_id} signalled at its time limit, {state} in {job_s:.1f} s')
+    assert (state, exit_code) == ('COMPLETED', '0:0'), log[-4000:]
+    assert f'slurm_train.sbatch: job {job_id} is near its time limit (USR1): requeued' in log
+    assert f'slurm_train.sbatch: job {job_id} (start 2)' in log
+    print(assert_one_run(tmp_path, job_id, log))
