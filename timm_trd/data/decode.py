@@ -293,8 +293,8 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
         return f'TRD: reduced images are decoded at full size ({why})'
     copy_dir, copy_scale, skipped, reader = None, 2.0, frozenset(), dataset.dataset.reader
     if reduced_copy:
-        from .reduced_copy.check import check_copy
-        copy_dir, copy_scale, skipped = check_copy(reader, reduced_copy, dataset.dataset.input_img_mode)
+        from .reduced_copy.check import check_copy_once
+        copy_dir, copy_scale, skipped = check_copy_once(reader, reduced_copy, dataset.dataset.input_img_mode)
     reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode, fast_decode=fast_decode,
                              copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale,
                              skipped=skipped)
