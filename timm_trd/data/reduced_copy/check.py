@@ -25,7 +25,9 @@ import os
 import random
 import tempfile
 import time
-from typing import FrozenSet, NamedTuple
+from typing import FrozenSet, NamedTuple, Optional
+
+import numpy as np
 
 from . import index as ci
 from .index import MANIFEST
@@ -40,6 +42,7 @@ class CheckedCopy(NamedTuple):
     dir: str  # the copy of the training folder
     scale: float
     skipped: FrozenSet[str]  # training images (relative paths) the tool could not read: read from the original
+    sizes: Optional[np.ndarray] = None  # (width, height) of each training image (reader.samples order); 0: unknown
 
 
 def _stat_state(path: str, size: int, mtime_ns: int):
@@ -115,19 +118,21 @@ def check_copy(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPL
     if manifest['input_img_mode'] != img_mode:
         raise TRDConfigError(f'--trd-reduced-copy {copy_dir} holds {manifest["input_img_mode"]} pictures and this '
                              f'run reads {img_mode} (--input-img-mode); rerun {fix}')
-    problems, skipped = _compare(root, samples, copy_dir, manifest, sample)
+    problems, skipped, sizes = _compare(root, samples, copy_dir, manifest, sample)
     if problems.kinds:
         made_from = '' if os.path.abspath(root) == manifest.get('source') else f' (made from {manifest.get("source")})'
         raise TRDConfigError(f'--trd-reduced-copy {copy_dir}{made_from} does not match the training folder {root}: '
                              f'{problems.line()}; rerun {fix} (it fixes every mismatch)')
-    return CheckedCopy(copy_dir, float(manifest['scale']), frozenset(skipped))
+    return CheckedCopy(copy_dir, float(manifest['scale']), frozenset(skipped), sizes)
 
 
 def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
-    """Every check of the module docstring; returns (findings, the skipped training images)."""
+    """Every check of the module docstring; returns (findings, the skipped training images, the pictures' sizes)."""
     prefix = os.path.join(root, '')
+    order = {path: n for n, (path, *_) in enumerate(samples)}
     training = {path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root): path
-                for path, _ in samples}
+                for path, *_ in samples}
+    sizes = np.zeros((len(samples), 2), dtype=np.int32)
     problems, copied, skipped, index_hash = _Findings(), [], [], hashlib.sha256()
     seen = set()
     for line, entry in ci.iter_index(os.path.join(copy_dir, ci.INDEX)):
@@ -155,6 +160,7 @@ def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
                          entry.rel)
             continue
         copied.append(entry)
+        sizes[order[path]] = (entry.width, entry.height)
     if index_hash.hexdigest() != manifest.get('index_sha256'):
         problems.add(f'index changed since the copy was finished ({ci.INDEX})', ci.INDEX)
     for rel in sorted(set(training).difference(seen)):
@@ -175,7 +181,7 @@ def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
             problems.add('training images whose content differs from the source the copy was made from', entry.rel)
         elif ci.file_digest(os.path.join(copy_dir, entry.rel)) != entry.copy_digest:
             problems.add('copied files whose content differs from what was written', entry.rel)
-    return problems, skipped
+    return problems, skipped, sizes
 
 
 def _extensions():
@@ -220,6 +226,7 @@ def check_copy_once(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = 
         except TRDConfigError as e:
             _write_verdict(path, {'error': str(e)})
             raise
+        np.save(f'{path}.sizes.npy', checked.sizes)
         _write_verdict(path, {'dir': checked.dir, 'scale': checked.scale, 'skipped': sorted(checked.skipped)})
         return checked
     deadline = time.monotonic() + wait_s
@@ -232,4 +239,5 @@ def check_copy_once(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = 
         verdict = json.load(f)
     if 'error' in verdict:
         raise TRDConfigError(verdict['error'])
-    return CheckedCopy(verdict['dir'], float(verdict['scale']), frozenset(verdict['skipped']))
+    return CheckedCopy(verdict['dir'], float(verdict['scale']), frozenset(verdict['skipped']),
+                       np.load(f'{path}.sizes.npy'))
