@@ -17,7 +17,7 @@ import torch
 
 from conftest import MINI_TRAIN, PATHS
 from timm_trd import install
-from timm_trd.plugin.bn_recal import BNRecalibrator, recalibrate_bn, sample_indices
+from timm_trd.plugin.bn_recal import BNRecalibrator, recal_due, recalibrate_bn, sample_indices
 from timm_trd.cli.train_script import load_train_module
 from timm_trd.data.toy_data import make_image_folder
 
@@ -122,7 +122,7 @@ def loaded(log):
     return [int(i) for i in lines]
 
 
-def test_a_recalibration_loads_only_what_it_uses_and_holds_no_workers(image_folder, tmp_path):
+def test_a_recalibration_loads_only_what_it_uses_and_forks_its_workers_once(image_folder, tmp_path):
     from timm.data import create_loader
     from timm.models import create_model
     log = tmp_path / 'loaded.txt'
@@ -133,12 +133,13 @@ def test_a_recalibration_loads_only_what_it_uses_and_holds_no_workers(image_fold
     recalibrate = BNRecalibrator(create_loader, dataset, (), kwargs, 3, seed=5)
     model = create_model('resnet10t', num_classes=4)
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = set(multiprocessing.active_children())
+    pools = []
 
     def stats_of(epoch):
-        before = set(multiprocessing.active_children())
         recalibrate.trained()
         recalibrate(model, epoch=epoch)
-        assert set(multiprocessing.active_children()) <= before  # its workers ended with it
+        pools.append(set(multiprocessing.active_children()) - before)
         return loaded(log), bn.running_mean.clone()
 
     images0, mean0 = stats_of(0)
@@ -148,8 +149,70 @@ def test_a_recalibration_loads_only_what_it_uses_and_holds_no_workers(image_fold
     assert sorted(again) == sorted(images0) and torch.equal(mean_again, mean0)  # reproducible, augmentation too
     images1, mean1 = stats_of(1)
     assert len(images1) == 12 and set(images1) != set(images0) and not torch.equal(mean1, mean0)
+    # two workers, forked at the first recalibration and the same processes at every later one
+    assert len(pools[0]) == 2 and pools[0] == pools[1] == pools[2]
     # a model that has not trained since is not recomputed
     assert recalibrate(model, epoch=1) == 0.0 and loaded(log) == []
+    assert recalibrate.calls == 3
+
+
+def test_the_augmentation_of_an_image_does_not_depend_on_the_worker_that_loads_it(image_folder):
+    """Persistent workers keep their random streams between calls: each image is seeded from its own key."""
+    from timm.data import create_loader
+    from timm.models import create_model
+    from timm.data import ImageDataset
+    dataset = ImageDataset(str(image_folder / 'train'))
+    means = []
+    for workers in (0, 2):
+        kwargs = dict(input_size=(3, FULL, FULL), batch_size=4, is_training=True, use_prefetcher=True,
+                      device=torch.device('cpu'), num_workers=workers, scale=(0.08, 1.0), hflip=0.5)
+        recalibrate = BNRecalibrator(create_loader, dataset, (), kwargs, 2, seed=1)
+        torch.manual_seed(0)
+        model = create_model('resnet10t', num_classes=4)
+        recalibrate(model, epoch=4)
+        means.append(next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean)
+    assert torch.allclose(means[0], means[1], atol=1e-6)
+
+
+def test_the_forward_passes_run_under_the_given_autocast():
+    from functools import partial
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    dtypes = []
+    model[0].register_forward_hook(lambda m, inp, out: dtypes.append(out.dtype))
+    batches = [torch.randn(2, 3, 8, 8) for _ in range(2)]
+    recalibrate_bn(model, iter(batches), 2)
+    recalibrate_bn(model, iter(batches), 2, autocast=partial(torch.autocast, device_type='cpu', dtype=torch.bfloat16))
+    assert dtypes == [torch.float32] * 2 + [torch.bfloat16] * 2
+
+
+def test_the_schedule_before_validations():
+    # A1 + TRD at P 0.9 style: every 10th epoch and the last 5, of 600
+    runs = [e for e in range(600) if recal_due(e, 600, every=10, last=5)]
+    assert len(runs) == 60 + 4 and runs[-5:] == [595, 596, 597, 598, 599] and runs[:2] == [9, 19]
+    assert [e for e in range(10) if recal_due(e, 10, every=0, last=0)] == [9]  # the last epoch, always
+    assert [e for e in range(10) if recal_due(e, 10, every=1, last=0)] == list(range(10))
+    assert [e for e in range(10) if recal_due(e, 10, every=4, last=2)] == [3, 7, 8, 9]
+
+
+@pytest.mark.parametrize('option,value', [('trd_bn_recal_every', -1), ('trd_bn_recal_last', -2),
+                                          ('trd_bn_recal_every', 'often'), ('trd_bn_recal_last', 1.5)])
+def test_bad_schedule_values_are_one_line_errors(option, value):
+    import argparse
+    from timm_trd.plugin.config import TRDConfigError, config_from_args
+    with pytest.raises(TRDConfigError) as error:
+        config_from_args(argparse.Namespace(trd_prob=0.5, trd_bn_recal=10, **{option: value}))
+    text = str(error.value)
+    assert '\n' not in text and f'--{option.replace("_", "-")} must' in text
+
+
+def test_n_batches_are_counted_over_the_processes(image_folder):
+    from timm.data import create_loader
+    kwargs = dict(input_size=(3, FULL, FULL), batch_size=4, is_training=True, num_workers=3)
+    shares = {world: BNRecalibrator(create_loader, object(), (), kwargs, 5, distributed=True, world_size=world)
+              for world in (1, 2, 8)}
+    assert {w: r.per_rank for w, r in shares.items()} == {1: 5, 2: 3, 8: 1}
+    assert {w: r.workers for w, r in shares.items()} == {1: 3, 2: 3, 8: 1}  # no more workers than batches
 
 
 def _torchrun(*argv, timeout=600):
@@ -165,16 +228,15 @@ def _bn_stats(state_dict):
     return {k: v for k, v in state_dict.items() if k.endswith(('running_mean', 'running_var'))}
 
 
-def _full_size_recalibration(recalibrate, state_dict, epoch, model_name='resnet10t', world_size=2):
-    """What a recalibration of the saved weights on the run's sample gives: each rank's slice, then the average
-    over the ranks (as timm's distribute_bn)."""
+def _full_size_recalibration(make, state_dict, epoch, model_name='resnet10t', world_size=2):
+    """What a recalibration of the saved weights on the run's sample gives: each rank's slice (``make(rank)``, a
+    recalibrator of that rank), then the average over the ranks (as timm's distribute_bn)."""
     from timm.models import create_model
     per_rank = []
     for rank in range(world_size):
         model = create_model(model_name, num_classes=4)
         model.load_state_dict(state_dict)
-        recalibrate.world_size, recalibrate.rank = world_size, rank
-        recalibrate.trained()
+        recalibrate = make(rank)
         recalibrate(model, epoch=epoch)
         per_rank.append(_bn_stats(model.state_dict()))
     return {k: sum(stats[k] for stats in per_rank) / world_size for k in per_rank[0]}
@@ -187,20 +249,24 @@ def _assert_same_stats(saved, expected):
 
 
 @pytest.mark.parametrize('validate', [False, True], ids=['no-validation', 'validation'])
-def test_torchrun_recalibrates_before_every_validation_and_the_last_checkpoint(image_folder, tmp_path, validate):
+def test_torchrun_recalibrates_on_its_schedule_and_before_the_last_checkpoint(image_folder, tmp_path, validate):
+    """Three epochs, --trd-bn-recal-every 2: before the validation of epoch 1 and after the last one (2), not
+    before epoch 0's; N = 3 batches in all: 2 per process on 2 processes."""
     from timm.data import create_dataset, create_loader
     argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--img-size', str(FULL),
-            '--trd-prob', '1', '--trd-size', '16', '--epochs', '2', '--trd-bn-recal', '2', '--workers', '1',
-            '--output', str(tmp_path / 'out'), '--result-dir', str(tmp_path)] + (['--validate'] if validate else [])
+            '--trd-prob', '1', '--trd-size', '16', '--epochs', '3', '--trd-bn-recal', '3', '--trd-bn-recal-every', '2',
+            '--workers', '1', '--output', str(tmp_path / 'out'), '--result-dir', str(tmp_path)] + \
+        (['--validate'] if validate else [])
     log = _torchrun(*argv)
-    lines = re.findall(r'TRD: BatchNorm statistics of the model recomputed at 40x40 on 2 training batches per '
-                       r'process, averaged over 2 processes in [\d.]+ s \(([^;]+); sample of epoch (\d)\)', log)
+    lines = re.findall(r'TRD: BatchNorm statistics of the model recomputed at 40x40 on 4 training batches \(2 per '
+                       r'process on 2 processes, averaged\) in [\d.]+ s \(([^;]+); sample of epoch (\d)\)', log)
+    assert len(lines) == log.count('TRD: BatchNorm statistics of the model recomputed')
     if validate:
-        assert lines == [('before validation', '0'),
-                         ('after the last epoch, for its validation and the last checkpoint', '1')]
-        assert 'before each validation and after the last epoch' in log
+        assert lines == [('before validation', '1'),
+                         ('after the last epoch, for its validation and the last checkpoint', '2')]
+        assert 'before the validation of every 2th epoch, after the last epoch, so the last checkpoint has them' in log
     else:
-        assert lines == [('after the last epoch, for the last checkpoint', '1')]
+        assert lines == [('after the last epoch, for the last checkpoint', '2')]
         assert "once, after the last epoch: this run has no validation loader (--val-split '')" in log
     weights = torch.load(tmp_path / 'out' / 'last.pth.tar', map_location='cpu', weights_only=False)['state_dict']
     saved = _bn_stats(weights)
@@ -208,11 +274,17 @@ def test_torchrun_recalibrates_before_every_validation_and_the_last_checkpoint(i
     dataset = create_dataset('', root=str(image_folder), split='train', is_training=True)
     kwargs = dict(input_size=(3, FULL, FULL), batch_size=8, is_training=True, use_prefetcher=True,
                   device=torch.device('cpu'), num_workers=1)
-    recalibrate = BNRecalibrator(create_loader, dataset, (), kwargs, 2, seed=42)
-    _assert_same_stats(saved, _full_size_recalibration(recalibrate, weights, epoch=1))
-    if validate:  # the last validation saw the checkpoint's statistics
+
+    def rank_recalibrator(rank):  # rank's share of N = 3 over 2 processes (the averaging is done here)
+        recalibrate = BNRecalibrator(create_loader, dataset, (), kwargs, 3, seed=42, rank=rank)
+        recalibrate.world_size, recalibrate.per_rank = 2, 2
+        return recalibrate
+    _assert_same_stats(saved, _full_size_recalibration(rank_recalibrator, weights, epoch=2))
+    if validate:  # the last validation saw the checkpoint's statistics, epoch 0's the training ones
         ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1)]
-        assert [v['bn_mean'] for v in ranks[0]['validated']] == [v['bn_mean'] for v in ranks[1]['validated']]
+        seen = [[v['bn_mean'] for v in rank['validated']] for rank in ranks]
+        assert len(seen[0]) == 3 and seen[0][1:] == seen[1][1:]  # recalibrated: averaged over the ranks
+        assert seen[0][0] != seen[1][0]  # epoch 0: not recalibrated, each rank's own (mini_train does no dist_bn)
         key = next(k for k in saved if k.endswith('running_mean'))
         assert ranks[0]['validated'][-1]['bn_mean'] == pytest.approx(saved[key].tolist(), abs=1e-6)
 
@@ -277,10 +349,17 @@ def test_train_py_torchrun_without_validation_saves_full_size_statistics(train_s
     log = _torchrun('--train-script', str(train_script), *common, '--output', str(tmp_path), '--experiment', 'e')
     assert "once, after the last epoch: this run has no validation loader (--val-split '')" in log
     lines = re.findall(r'TRD: BatchNorm statistics of the model( \(EMA\))? recomputed at 64x64 on 2 training batches '
-                       r'per process, averaged over 2 processes in [\d.]+ s \(([^;]+); sample of epoch (\d)\)', log)
+                       r'\(1 per process on 2 processes, averaged\) in [\d.]+ s \(([^;]+); sample of epoch (\d)\)',
+                       log)
     assert lines == [('', 'after the last epoch, for the last checkpoint', '1'),
                      (' (EMA)', 'after the last epoch, for the last checkpoint', '1')]
     checkpoint = torch.load(tmp_path / 'e' / 'last.pth.tar', map_location='cpu', weights_only=False)
     recalibrate = _train_py_recalibrator(train_script, monkeypatch, [*common, '--output', str(tmp_path / 'settings')])
+
+    def rank_recalibrator(rank):  # train.py's settings, rank's share of N = 2 over 2 processes
+        recalibrate.world_size, recalibrate.rank, recalibrate.per_rank = 2, rank, 1
+        recalibrate.trained()
+        return recalibrate
     for key in ('state_dict', 'state_dict_ema'):
-        _assert_same_stats(_bn_stats(checkpoint[key]), _full_size_recalibration(recalibrate, checkpoint[key], epoch=1))
+        _assert_same_stats(_bn_stats(checkpoint[key]),
+                           _full_size_recalibration(rank_recalibrator, checkpoint[key], epoch=1))

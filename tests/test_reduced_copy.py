@@ -446,3 +446,121 @@ def test_training_refuses_a_copy_of_the_validation_folder_until_the_named_rerun(
     subprocess.run([*tool, *command[1:], '--workers', '1'], check=True, capture_output=True)
     second = launch(*args)
     assert second.returncode == 0, second.stderr[-2000:]
+
+
+# -- at cluster scale: staged copies, one check per node ----------------------------------------------------------
+
+def _whole_seconds(folder):
+    """What a filesystem (or a copy tool) that keeps whole seconds leaves of every file's time."""
+    for path in folder.rglob('*'):
+        if path.is_file():
+            st = os.stat(path)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns // 10**9 * 10**9))
+
+
+@pytest.mark.parametrize('tool', ['tar', 'cp -a, whole seconds'])
+def test_a_folder_and_its_copy_staged_together_are_accepted_and_a_changed_picture_refused(tmp_path, tool):
+    from timm_trd.data.reduced_copy.check import check_copy
+    origin = tmp_path / 'shared'
+    write_folder(origin / 'train', n_per_class=3)
+    fresh_copy(origin / 'train', origin / 'copy')
+    staged = tmp_path / 'local'
+    staged.mkdir()
+    if tool == 'tar':  # GNU tar's default format keeps whole seconds
+        subprocess.run(f'tar -C {origin} -cf - train copy | tar -C {staged} -xf -', shell=True, check=True)
+    else:
+        subprocess.run(['cp', '-a', str(origin / 'train'), str(origin / 'copy'), str(staged)], check=True)
+        _whole_seconds(staged)
+    assert all(os.stat(p).st_mtime_ns % 10**9 == 0 for p in (staged / 'train').rglob('*.jpg'))
+    checked = check_copy(reader_of(staged / 'train'), str(staged / 'copy'))
+    assert checked.dir == str(staged / 'copy')
+    # a picture changed after staging: another time (and here size) is another file
+    Image.open(staged / 'train' / 'c1' / '2.jpg').resize((90, 60)).save(staged / 'train' / 'c0' / '0.jpg')
+    refused(staged / 'train', staged / 'copy', r'1 training images that are not the ones the copy was made from')
+    # the same size and a time on the same second: the sampled content digests (here every file) still see it
+    make_copy(str(staged / 'train'), str(staged / 'copy'), workers=1, progress=False)
+    path = staged / 'train' / 'c1' / '1.jpg'
+    st, data = os.stat(path), bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns // 10**9 * 10**9))
+    refused(staged / 'train', staged / 'copy', r'1 training images whose content differs from the source')
+    # a time more than 2 s away from the record is not a staging's rounding
+    os.utime(path, ns=(st.st_atime_ns, (st.st_mtime_ns // 10**9 - 5) * 10**9))
+    refused(staged / 'train', staged / 'copy', r'1 training images that are not the ones the copy was made from')
+
+
+def _node(rank, run_id, world=2):
+    return {'TORCHELASTIC_RUN_ID': run_id, 'LOCAL_WORLD_SIZE': str(world), 'LOCAL_RANK': str(rank)}
+
+
+def test_one_process_per_node_walks_the_copy_and_the_others_share_its_verdict(tmp_path, monkeypatch):
+    import threading
+    import uuid
+    from timm_trd.data.reduced_copy import check as check_module
+    train = write_folder(tmp_path / 'train', n_per_class=3)
+    copy = fresh_copy(train, tmp_path / 'copy')
+    walks = []
+    scan = check_module.ci.scan_tree
+    monkeypatch.setattr(check_module.ci, 'scan_tree', lambda *a: walks.append(a) or scan(*a))
+
+    def node(run_id):
+        """Local ranks 1 and 2 start first and wait; local rank 0 checks."""
+        results = {}
+
+        def rank(r):
+            try:
+                results[r] = check_module.check_copy_once(reader_of(train), str(copy), env=_node(r, run_id, 3))
+            except TRDConfigError as e:
+                results[r] = e
+        threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 2)]
+        for t in threads:
+            t.start()
+        rank(0)
+        for t in threads:
+            t.join(60)
+        return results
+
+    results = node(uuid.uuid4().hex)
+    assert len(walks) == 1 and results[0].dir == str(copy)
+    for r in (1, 2):
+        assert results[r][:3] == results[0][:3] and np.array_equal(results[r].sizes, results[0].sizes)
+    assert (results[1].sizes > 0).all()  # the originals' sizes, from the index
+    (copy / 'c0' / '1.jpg').unlink()  # a bad copy: every rank stops with rank 0's line
+    walks.clear()
+    results = node(uuid.uuid4().hex)
+    assert len(walks) == 1 and all(isinstance(e, TRDConfigError) for e in results.values())
+    assert len({str(e) for e in results.values()}) == 1 and '\n' not in str(results[1])
+    assert '1 copied files missing' in str(results[2])
+    # a rank whose local rank 0 never writes a verdict gives up with one line, not a hang
+    with pytest.raises(TRDConfigError, match='the check of local rank 0 wrote no verdict'):
+        check_module.check_copy_once(reader_of(train), str(copy), env=_node(1, uuid.uuid4().hex), wait_s=0.5)
+    # one process on its node (or no launcher id): it checks for itself
+    walks.clear()
+    with pytest.raises(TRDConfigError):
+        check_module.check_copy_once(reader_of(train), str(copy), env={'LOCAL_WORLD_SIZE': '2', 'LOCAL_RANK': '1'})
+    assert len(walks) == 1
+
+
+def test_the_index_records_each_originals_size_and_the_loader_does_not_open_it(data):
+    import random
+    from timm_trd.data.reduced_copy.check import check_copy
+    from timm_trd.data.reduced_copy.index import iter_index
+    src, dst = data / 'train', data / 'copy' / 'train'
+    recorded = {e.rel: (e.width, e.height) for _, e in iter_index(str(dst / INDEX)) if e is not None}
+    assert recorded and all(Image.open(src / rel).size == size for rel, size in recorded.items())
+    reader = reader_of(src)
+    checked = check_copy(reader, str(dst))
+    assert [tuple(v) for v in checked.sizes] == [Image.open(p).size for p, _ in reader.samples]
+    reduced = ReducedLoading(unit_transform(24), 'RGB', copy_dir=checked.dir, source_root=str(src),
+                             copy_scale=checked.scale, sizes=checked.sizes)
+    for index in (0, 5):
+        path = reader.samples[index][0]
+        size = reduced.original_size(index)
+        assert size == Image.open(path).size
+        outs = []
+        for fp, known in ((open(path, 'rb'), None), (None, size)):  # opened, as before; not opened, size known
+            random.seed(index)
+            torch.manual_seed(index)
+            outs.append(reduced.load(fp, reduced.copy_path(path), size=known))
+        assert torch.equal(outs[0], outs[1])

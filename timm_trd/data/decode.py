@@ -160,7 +160,7 @@ class ReducedLoading:
 
     def __init__(self, transform, img_mode: str, fast_decode: bool = True, copy_dir: Optional[str] = None,
                  source_root: Optional[str] = None, copy_scale: float = 2.0, rule: str = 'crop', full_hw=None,
-                 copy_rule: str = 'always', skipped: FrozenSet[str] = frozenset()):
+                 copy_rule: str = 'always', skipped: FrozenSet[str] = frozenset(), sizes=None):
         self.crop, self.rest = split_transform(transform)
         self.transform = transform
         self.img_mode = img_mode
@@ -169,6 +169,7 @@ class ReducedLoading:
         self.source_root = source_root
         self.copy_scale = float(copy_scale)
         self.skipped = frozenset(skipped)  # images the copy lacks (unreadable sources): read from the original
+        self.sizes = sizes  # the originals' (width, height) by dataset index, from the copy's index (0: unknown)
         if rule not in ('crop', 'fixed'):
             raise ValueError(f"rule must be 'crop' or 'fixed', got {rule!r}")
         self.rule = rule
@@ -193,11 +194,23 @@ class ReducedLoading:
             return self.fixed
         return crop_scale(crop_hw, self.crop.out_hw)
 
-    def load(self, fp, copy_path: Optional[str] = None, marks: Optional[list] = None):
-        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``.
+    def original_size(self, index: int) -> Optional[Tuple[int, int]]:
+        """The original's (width, height) as the copy's index records it, or None (not recorded, or no copy)."""
+        if self.sizes is None or self.copy_rule != 'always':
+            return None
+        width, height = (int(v) for v in self.sizes[index])
+        return (width, height) if width > 0 else None
+
+    def load(self, fp, copy_path: Optional[str] = None, marks: Optional[list] = None, size=None):
+        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``;
+        with the original's ``size`` (width, height) from the copy's index, ``fp`` is not needed (None).
 
         ``marks`` (for the benchmark) gets ``time.perf_counter()`` after the decode and after the crop."""
-        img = Image.open(fp)  # the header only: size and format
+        if size is not None and copy_path is not None:
+            img = Image.Image()  # the original's size without opening it: all the crop's draw reads
+            img._size = tuple(size)
+        else:
+            img = Image.open(fp)  # the header only: size and format
         params = self.crop.draw(img)  # in the original's pixels, with timm's random draws
         i, j, h, w = params
         sx = sy = 1.0
@@ -241,9 +254,13 @@ if ScheduledTransformDataset is not None:
             base = self.dataset  # timm's ImageDataset: its reader, retries, target transform, as in its __getitem__
             for _ in range(base._max_retries):
                 try:
-                    fp, target, *features = base.reader[index]
                     copy_path = self.reduced.copy_path(base.reader.samples[index][0]) if self.reduced.copy_dir else None
-                    image = self.reduced.load(fp, copy_path)
+                    size = self.reduced.original_size(index) if copy_path else None
+                    if size is not None:  # the copy's index has the original's size: the original is not opened
+                        target, features = base.reader.samples[index][1], []
+                    else:
+                        fp, target, *features = base.reader[index]
+                    image = self.reduced.load(None if size else fp, copy_path, size=size)
                     break
                 except (IOError, OSError) as e:
                     _logger.warning(f'Skipped sample (index {index}). {e}')
@@ -293,11 +310,13 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
         return f'TRD: reduced images are decoded at full size ({why})'
     copy_dir, copy_scale, skipped, reader = None, 2.0, frozenset(), dataset.dataset.reader
     if reduced_copy:
-        from .reduced_copy.check import check_copy
-        copy_dir, copy_scale, skipped = check_copy(reader, reduced_copy, dataset.dataset.input_img_mode)
+        from .reduced_copy.check import check_copy_once
+        copy_dir, copy_scale, skipped, sizes = check_copy_once(reader, reduced_copy, dataset.dataset.input_img_mode)
+    else:
+        sizes = None
     reduced = ReducedLoading(dataset.transforms[REDUCED], dataset.dataset.input_img_mode, fast_decode=fast_decode,
                              copy_dir=copy_dir, source_root=getattr(reader, 'root', None), copy_scale=copy_scale,
-                             skipped=skipped)
+                             skipped=skipped, sizes=sizes)
     ReducedDecodeDataset.adopt(dataset, reduced)
     parts = []
     if reduced_copy:

@@ -32,6 +32,8 @@ class TRDConfig:
     mode: str = 'auto'
     seed: Optional[int] = None
     bn_recal: int = 0
+    bn_recal_every: int = 1
+    bn_recal_last: int = 0
     fast_decode: bool = True
     reduced_copy: Optional[str] = None
 
@@ -64,6 +66,8 @@ class TRDConfig:
         args.trd_mode = self.mode
         args.trd_seed = self.seed
         args.trd_bn_recal = self.bn_recal
+        args.trd_bn_recal_every = self.bn_recal_every
+        args.trd_bn_recal_last = self.bn_recal_last
         args.trd_fast_decode = self.fast_decode
         args.trd_reduced_copy = self.reduced_copy
 
@@ -99,9 +103,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the plan of reduced batches, the same on every rank (default: train.py's --seed)")
     group.add_argument(
         '--trd-bn-recal', default=0, metavar='N',
-        help='before each validation, recompute the BatchNorm running statistics of the model (and of the EMA '
-             'model) at full size over N training batches per process, averaged over the processes; the saved '
-             'checkpoints carry them (default: 0, off)')
+        help='recompute the BatchNorm running statistics of the model (and of the EMA model) at full size over N '
+             'training batches in all (split over the processes, averaged), after the last epoch and before the '
+             'validations --trd-bn-recal-every / --trd-bn-recal-last choose; the saved checkpoints carry them '
+             '(default: 0, off)')
+    group.add_argument(
+        '--trd-bn-recal-every', default=1, metavar='K',
+        help='with --trd-bn-recal: also before the validation of every K-th epoch (epoch number + 1 a multiple of '
+             'K); 0: only after the last epoch (and --trd-bn-recal-last) (default: 1, every validation)')
+    group.add_argument(
+        '--trd-bn-recal-last', default=0, metavar='E',
+        help='with --trd-bn-recal: also before the validations of the last E epochs (default: 0)')
     group.add_argument(
         '--trd-fast-decode', default=True, action=argparse.BooleanOptionalAction,
         help='loader path: decode the JPEGs of reduced batches at the largest DCT scale (1/2, 1/4, 1/8) that '
@@ -209,6 +221,13 @@ def config_from_args(args: argparse.Namespace) -> TRDConfig:
     bn_recal = _number(getattr(args, 'trd_bn_recal', 0), '--trd-bn-recal', int)
     if bn_recal < 0:
         raise TRDConfigError(f'--trd-bn-recal must be >= 0 (a number of batches), got {bn_recal}')
+    every = _number(getattr(args, 'trd_bn_recal_every', 1), '--trd-bn-recal-every', int)
+    if every < 0:
+        raise TRDConfigError(f'--trd-bn-recal-every must be >= 0 (every K-th epoch; 0: only after the last epoch), '
+                             f'got {every}')
+    last = _number(getattr(args, 'trd_bn_recal_last', 0), '--trd-bn-recal-last', int)
+    if last < 0:
+        raise TRDConfigError(f'--trd-bn-recal-last must be >= 0 (a number of final epochs), got {last}')
     size = _size(getattr(args, 'trd_size', None))
     return TRDConfig(
         prob=prob,
@@ -219,6 +238,8 @@ def config_from_args(args: argparse.Namespace) -> TRDConfig:
         mode=_choice(getattr(args, 'trd_mode', 'auto'), '--trd-mode', MODES),
         seed=seed,
         bn_recal=bn_recal,
+        bn_recal_every=every,
+        bn_recal_last=last,
         fast_decode=_flag(getattr(args, 'trd_fast_decode', True), '--trd-fast-decode'),
         reduced_copy=_reduced_copy(getattr(args, 'trd_reduced_copy', None)),
     )

@@ -17,8 +17,9 @@ calls lives in a module of its own:
   (:mod:`~timm_trd.plugin.report`, :mod:`~timm_trd.plugin.accounting`) to the train metrics, which train.py hands to timm's
   ``update_summary`` (summary.csv, wandb), and records what the epoch served in train.py's args, which its
   checkpoints save (:mod:`~timm_trd.plugin.resume`);
-- ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first
-  (:mod:`~timm_trd.plugin.bn_recal`); the epoch hook recomputes them after the last epoch too, before its checkpoint;
+- ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first, on the
+  schedule of ``--trd-bn-recal-every`` / ``--trd-bn-recal-last`` (:mod:`~timm_trd.plugin.bn_recal`); the epoch hook
+  always recomputes them after the last epoch, before its checkpoint;
 - the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.plugin.ddp_cpu`);
 - ``wandb``: a failing ``wandb.init`` or ``wandb.log`` warns once and the run goes on (:mod:`~timm_trd.plugin.wandb_guard`).
 
@@ -171,6 +172,10 @@ class TRDPlugin:
         if unused and _is_primary(args):
             _logger.warning(f'TRD is off (--trd-prob 0), so {", ".join(unused)} has no effect; add --trd-prob P '
                             f'(e.g. --trd-prob 0.5) to train with TRD')
+        if config.enabled and not config.bn_recal and _is_primary(args) and \
+                (config.bn_recal_every, config.bn_recal_last) != (1, 0):
+            _logger.warning('TRD: --trd-bn-recal is 0, so --trd-bn-recal-every / --trd-bn-recal-last have no effect; '
+                            'add --trd-bn-recal N (e.g. 50) to recalibrate BatchNorm')
         self.resumed = resume_state(args, epochs, _is_primary(args))
         if config.enabled:
             seed = config.seed if config.seed is not None else int(getattr(args, 'seed', 0) or 0)
@@ -202,7 +207,8 @@ class TRDPlugin:
             self.recalibrate = BNRecalibrator(
                 create, dataset, a, kw, self.config.bn_recal, distributed=bool(getattr(args, 'distributed', False)),
                 world_size=int(getattr(args, 'world_size', 1) or 1), channels_last=bool(getattr(args, 'channels_last', False)),
-                primary=_is_primary(args), rank=int(getattr(args, 'rank', 0) or 0), seed=self.schedule.seed)
+                primary=_is_primary(args), rank=int(getattr(args, 'rank', 0) or 0), seed=self.schedule.seed,
+                every=self.config.bn_recal_every, last=self.config.bn_recal_last)
 
         loader = None
         if path == 'loader':
@@ -383,7 +389,9 @@ class TRDPlugin:
     def validate(self, model, *a, **kw):
         if self.enabled and self.recalibrate is not None:
             epoch = self.loader.epoch if self.loader else 0
-            self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}', epoch=epoch)
+            if self.recalibrate.due(epoch, self.schedule.total_epochs):
+                self.recalibrate(model, f' of the model{kw.get("log_suffix", "")}', epoch=epoch,
+                                 autocast=kw.get('amp_autocast'))
         return self.original['validate'](model, *a, **kw)
 
     def _ema_on_cpu(self) -> bool:
@@ -395,9 +403,10 @@ class TRDPlugin:
         task = kw.get('task')
         ema = task.get_trainable_module(ema=True) if hasattr(task, 'get_trainable_module') else kw.get('model_ema')
         why = f'after the last epoch, for {"its validation and " if self.eval_loader_built else ""}the last checkpoint'
-        self.recalibrate(model, ' of the model', epoch=epoch, why=why)
+        autocast = kw.get('amp_autocast')  # train.py's, as its validation runs
+        self.recalibrate(model, ' of the model', epoch=epoch, why=why, autocast=autocast)
         if ema is not None and not self._ema_on_cpu():
-            self.recalibrate(ema, ' of the model (EMA)', epoch=epoch, why=why)
+            self.recalibrate(ema, ' of the model (EMA)', epoch=epoch, why=why, autocast=autocast)
 
 
 class _PluginUtils:

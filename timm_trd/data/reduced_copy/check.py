@@ -4,10 +4,15 @@ Checked against the copy's own record (:mod:`timm_trd.data.reduced_copy.index`),
 
 - always, for every file: the copy is complete (its manifest is there), made with the run's image mode, and holds
   exactly the training folder's images (none missing, none extra, no temporary file of a killed run); every
-  training image has the size and modification time (to the nanosecond) of the source its copy was made from
-  (a copy of another folder with the same file names, or an original replaced since, fails here, whatever its
-  time); every copied file has the size and time it was written with (a cut or replaced file fails);
+  training image has the size and modification time (to the nanosecond, or to the second for a folder staged
+  with tar, ``cp -a`` or ``rsync -a`` onto a filesystem that keeps whole seconds) of the source its copy was
+  made from (a copy of another folder with the same file names, or an original replaced since, fails here);
+  every copied file has the size and time it was written with (a cut or replaced file fails);
 - on a sample (``sample`` files, 100 by default, the same in every rank): the content digests of source and copy.
+
+Under torchrun (or Slurm), one process per node checks (local rank 0) and writes its verdict to a node-local
+file that the node's other processes wait for (:func:`check_copy_once`): a copy on a shared filesystem is walked
+once per node, not once per process, and a bad copy stops every process with the same line.
 
 Reading every byte is left to ``timm-trd-reduced-copy`` itself: its rerun verifies every digest and fixes what it
 finds. Images the tool could not read are accepted: reduced batches read their original (train.py then skips
@@ -15,14 +20,21 @@ them with a warning, as without the copy).
 """
 
 import hashlib
+import json
 import os
 import random
-from typing import FrozenSet, NamedTuple
+import tempfile
+import time
+from typing import FrozenSet, NamedTuple, Optional
+
+import numpy as np
 
 from . import index as ci
 from .index import MANIFEST
 
 SAMPLE = 100
+STAGED_NS = 10 ** 9  # whole seconds: the resolution tar and coarse filesystems keep
+WAIT_S = 3600.0  # how long the other processes of a node wait for the check of the first
 SHOWN = 1  # examples named per kind of mismatch
 
 
@@ -30,15 +42,24 @@ class CheckedCopy(NamedTuple):
     dir: str  # the copy of the training folder
     scale: float
     skipped: FrozenSet[str]  # training images (relative paths) the tool could not read: read from the original
+    sizes: Optional[np.ndarray] = None  # (width, height) of each training image (reader.samples order); 0: unknown
 
 
 def _stat_state(path: str, size: int, mtime_ns: int):
-    """'gone' when ``path`` cannot be stat'ed, 'changed' when its size or ns mtime differ from the record, else None."""
+    """'gone' when ``path`` cannot be stat'ed, 'changed' when its size or mtime differ from the record, else None.
+
+    A time on a whole second within 2 s of the record is the record's time staged by a tool or filesystem that
+    keeps whole seconds (GNU tar, rsync/cp -a onto such a filesystem; FAT's 2 s): accepted, and content decides
+    (the sampled digests). Any other time is another file."""
     try:
         st = os.stat(path)
     except OSError:
         return 'gone'
-    return 'changed' if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) else None
+    if st.st_size != size:
+        return 'changed'
+    if st.st_mtime_ns == mtime_ns or (st.st_mtime_ns % STAGED_NS == 0 and abs(st.st_mtime_ns - mtime_ns) < 2 * STAGED_NS):
+        return None
+    return 'changed'
 
 def _find(copy_dir: str, root: str) -> str:
     """``copy_dir`` or its folder named as the training folder (the copy of the ``--data-dir`` holding it)."""
@@ -97,19 +118,21 @@ def check_copy(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPL
     if manifest['input_img_mode'] != img_mode:
         raise TRDConfigError(f'--trd-reduced-copy {copy_dir} holds {manifest["input_img_mode"]} pictures and this '
                              f'run reads {img_mode} (--input-img-mode); rerun {fix}')
-    problems, skipped = _compare(root, samples, copy_dir, manifest, sample)
+    problems, skipped, sizes = _compare(root, samples, copy_dir, manifest, sample)
     if problems.kinds:
         made_from = '' if os.path.abspath(root) == manifest.get('source') else f' (made from {manifest.get("source")})'
         raise TRDConfigError(f'--trd-reduced-copy {copy_dir}{made_from} does not match the training folder {root}: '
                              f'{problems.line()}; rerun {fix} (it fixes every mismatch)')
-    return CheckedCopy(copy_dir, float(manifest['scale']), frozenset(skipped))
+    return CheckedCopy(copy_dir, float(manifest['scale']), frozenset(skipped), sizes)
 
 
 def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
-    """Every check of the module docstring; returns (findings, the skipped training images)."""
+    """Every check of the module docstring; returns (findings, the skipped training images, the pictures' sizes)."""
     prefix = os.path.join(root, '')
+    order = {path: n for n, (path, *_) in enumerate(samples)}
     training = {path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root): path
-                for path, _ in samples}
+                for path, *_ in samples}
+    sizes = np.zeros((len(samples), 2), dtype=np.int32)
     problems, copied, skipped, index_hash = _Findings(), [], [], hashlib.sha256()
     seen = set()
     for line, entry in ci.iter_index(os.path.join(copy_dir, ci.INDEX)):
@@ -137,6 +160,7 @@ def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
                          entry.rel)
             continue
         copied.append(entry)
+        sizes[order[path]] = (entry.width, entry.height)
     if index_hash.hexdigest() != manifest.get('index_sha256'):
         problems.add(f'index changed since the copy was finished ({ci.INDEX})', ci.INDEX)
     for rel in sorted(set(training).difference(seen)):
@@ -157,9 +181,63 @@ def _compare(root: str, samples, copy_dir: str, manifest: dict, sample: int):
             problems.add('training images whose content differs from the source the copy was made from', entry.rel)
         elif ci.file_digest(os.path.join(copy_dir, entry.rel)) != entry.copy_digest:
             problems.add('copied files whose content differs from what was written', entry.rel)
-    return problems, skipped
+    return problems, skipped, sizes
 
 
 def _extensions():
     from .make import image_extensions
     return image_extensions()
+
+
+def _verdict_path(env, root: str, copy_dir: str):
+    """The node-local file where this launch's check verdict goes, or None when the launch has no id (one process
+    per node, or a launcher this does not know: each process checks for itself)."""
+    if env.get('TORCHELASTIC_RUN_ID'):  # torchrun: the node's processes share their agent, their parent
+        launch = f'{env["TORCHELASTIC_RUN_ID"]}:{os.getppid()}'
+    elif env.get('SLURM_JOB_ID'):
+        launch = f'{env["SLURM_JOB_ID"]}:{env.get("SLURM_STEP_ID", "")}'
+    else:
+        return None
+    key = hashlib.sha256(f'{launch}\0{os.path.abspath(root)}\0{os.path.abspath(copy_dir)}'.encode()).hexdigest()[:24]
+    return os.path.join(tempfile.gettempdir(), f'timm-trd-copy-check-{key}.json')
+
+
+def _write_verdict(path: str, verdict: dict) -> None:
+    tmp = f'{path}.{os.getpid()}.part'
+    with open(tmp, 'w') as f:
+        json.dump(verdict, f)
+    os.replace(tmp, path)
+
+
+def check_copy_once(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPLE, env=None,
+                    wait_s: float = WAIT_S) -> CheckedCopy:
+    """:func:`check_copy`, run by one process per node (local rank 0, from ``LOCAL_RANK`` / ``SLURM_LOCALID``);
+    the node's other processes wait for its verdict and return it, or raise its error line."""
+    from ...errors import TRDConfigError
+    env = os.environ if env is None else env
+    local_world = int(env.get('LOCAL_WORLD_SIZE', env.get('SLURM_NTASKS_PER_NODE', '1')) or 1)
+    local_rank = int(env.get('LOCAL_RANK', env.get('SLURM_LOCALID', '0')) or 0)
+    path = _verdict_path(env, getattr(reader, 'root', ''), copy_dir) if local_world > 1 else None
+    if path is None:
+        return check_copy(reader, copy_dir, img_mode, sample)
+    if local_rank == 0:
+        try:
+            checked = check_copy(reader, copy_dir, img_mode, sample)
+        except TRDConfigError as e:
+            _write_verdict(path, {'error': str(e)})
+            raise
+        np.save(f'{path}.sizes.npy', checked.sizes)
+        _write_verdict(path, {'dir': checked.dir, 'scale': checked.scale, 'skipped': sorted(checked.skipped)})
+        return checked
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TRDConfigError(f'--trd-reduced-copy {copy_dir}: the check of local rank 0 wrote no verdict to '
+                                 f'{path} in {wait_s:.0f} s; see its log (it may have stopped)')
+        time.sleep(0.2)
+    with open(path) as f:
+        verdict = json.load(f)
+    if 'error' in verdict:
+        raise TRDConfigError(verdict['error'])
+    return CheckedCopy(verdict['dir'], float(verdict['scale']), frozenset(verdict['skipped']),
+                       np.load(f'{path}.sizes.npy'))

@@ -3,7 +3,8 @@
 Beside its images, a reduced copy ``DST`` holds
 
 - ``trd_reduced_copy.tsv``, the index: a settings line, then one line per training image, sorted by path,
-  ``path  source_size  source_mtime_ns  source_digest  copy_size  copy_mtime_ns  copy_digest``; for a source that
+  ``path  source_size  source_mtime_ns  source_digest  copy_size  copy_mtime_ns  copy_digest  width  height``
+  (the source picture's size, so the loader need not open the original; absent in copies written before); for a source that
   could not be read (skipped, as train.py skips it) ``path  size  mtime_ns  digest  -  -  reason``;
 - ``trd_reduced_copy.json``, the manifest, written last: the settings, the counts and the index's digest. Until it
   exists the copy is incomplete;
@@ -37,6 +38,8 @@ class Entry(NamedTuple):
     copy_mtime_ns: Optional[int] = None
     copy_digest: str = ''
     reason: str = ''
+    width: int = 0  # the source picture's size in pixels (0: not recorded, a copy written before it was)
+    height: int = 0
 
     @property
     def skipped(self) -> bool:
@@ -64,13 +67,20 @@ def format_entry(e: Entry) -> str:
     if e.skipped:
         reason = ' '.join(e.reason.split())  # one line, no tabs
         return f'{e.rel}\t{e.size}\t{e.mtime_ns}\t{e.digest}\t-\t-\t{reason}\n'
-    return f'{e.rel}\t{e.size}\t{e.mtime_ns}\t{e.digest}\t{e.copy_size}\t{e.copy_mtime_ns}\t{e.copy_digest}\n'
+    size = f'\t{e.width}\t{e.height}' if e.width else ''
+    return f'{e.rel}\t{e.size}\t{e.mtime_ns}\t{e.digest}\t{e.copy_size}\t{e.copy_mtime_ns}\t{e.copy_digest}{size}\n'
 
 
 def parse_entry(line: str) -> Entry:
-    rel, size, mtime, dig, copy_size, copy_mtime, last = line.rstrip('\n').split('\t')
+    fields = line.rstrip('\n').split('\t')
+    rel, size, mtime, dig, copy_size, copy_mtime, last = fields[:7]
     if copy_size == '-':
         return Entry(rel, int(size), int(mtime), dig, reason=last)
+    if len(fields) == 9:
+        return Entry(rel, int(size), int(mtime), dig, int(copy_size), int(copy_mtime), last, '', int(fields[7]),
+                     int(fields[8]))
+    if len(fields) != 7:
+        raise ValueError(f'an index line has 7 or 9 fields, this one {len(fields)}')
     return Entry(rel, int(size), int(mtime), dig, int(copy_size), int(copy_mtime), last)
 
 

@@ -49,8 +49,8 @@ def image_files(root: str) -> List[str]:
 
 
 def reduce_picture(data: bytes, scale: float, quality: int, mode: str):
-    """(source mode, written format, bytes of the reduced file) for a source file's bytes; raises what Pillow
-    raises for an unreadable one."""
+    """(source mode, written format, bytes of the reduced file, the source's (width, height)) for a source file's
+    bytes; raises what Pillow raises for an unreadable one."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # e.g. Pillow's note on palette transparency: the tool reports modes itself
         with Image.open(io.BytesIO(data)) as img:
@@ -65,7 +65,7 @@ def reduce_picture(data: bytes, scale: float, quality: int, mode: str):
     else:
         small.save(out, format='PNG', compress_level=1)
         written = 'PNG'
-    return source_mode, written, out.getvalue()
+    return source_mode, written, out.getvalue(), picture.size
 
 
 def copy_one(src: str, dst: str, rel: str, previous: Optional[Entry], scale: float, quality: int, mode: str):
@@ -83,12 +83,13 @@ def copy_one(src: str, dst: str, rel: str, previous: Optional[Entry], scale: flo
             kept = ci.digest(f.read()) == previous.copy_digest
         if kept:
             with Image.open(io.BytesIO(data)) as img:
-                source_mode = img.mode
+                source_mode, size = img.mode, img.size
             with Image.open(dst) as img:
                 written = img.format
-            return Entry(*source, cst.st_size, cst.st_mtime_ns, previous.copy_digest), 'kept', source_mode, written
+            return Entry(*source, cst.st_size, cst.st_mtime_ns, previous.copy_digest, '', *size), 'kept', \
+                source_mode, written
     try:
-        source_mode, written, out = reduce_picture(data, scale, quality, mode)
+        source_mode, written, out, size = reduce_picture(data, scale, quality, mode)
     except UNREADABLE as e:
         if os.path.lexists(dst):
             os.remove(dst)  # a copy of what this source once was
@@ -100,7 +101,7 @@ def copy_one(src: str, dst: str, rel: str, previous: Optional[Entry], scale: flo
         f.write(out)
     os.replace(tmp, dst)
     cst = os.stat(dst)
-    return Entry(*source, cst.st_size, cst.st_mtime_ns, ci.digest(out)), 'written', source_mode, written
+    return Entry(*source, cst.st_size, cst.st_mtime_ns, ci.digest(out), '', *size), 'written', source_mode, written
 
 
 def _job(item):
