@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import torch
+
 from .resize import downsample, to_training_device
+from ..errors import TRDConfigError
 from ..plan.schedule import TRDSchedule
 
 
@@ -129,6 +132,7 @@ class TRDLoader:
             try:
                 batch_input, target = next(inner)
             except StopIteration:
+                self._check_complete(index)
                 return
             received = time.perf_counter()
             if self.resize:
@@ -145,6 +149,20 @@ class TRDLoader:
             size_stats.step_s += step
             stats.step_s.append(step)
             index += 1
+
+    def _check_complete(self, served: int) -> None:
+        """Under DDP, a rank whose loader ends before its length would leave the others waiting in their next
+        step's collective until the process group times out: stop this rank with the reason instead (the launcher
+        ends the others). Seen with streamed datasets whose workers serve unequal shares (see
+        :mod:`timm_trd.data.streams`); a map-style loader always serves its length."""
+        expected = len(self.loader)
+        dist = torch.distributed
+        if served >= expected or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        raise TRDConfigError(
+            f'rank {dist.get_rank()}: the training loader ended after {served} of its {expected} batches in epoch '
+            f'{self.epoch}, and the other ranks would wait for it in their next step; give every rank the same '
+            f'number of batches (a streamed dataset: at least processes x --workers shards)')
 
     # train.py reads these from its loader; the setter matters for --mixup-off-epoch.
     @property

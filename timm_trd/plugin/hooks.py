@@ -41,6 +41,7 @@ from ..data.data_wait import DataWaitCheck
 from ..data.decode import attach_reduced_loading
 from ..data.loader import TRDLoader
 from ..data.sampler import sampler_mismatch, trd_batch_sampler
+from ..data.streams import shard_shortage
 from ..errors import TRDConfigError
 from ..plan.epochs import planned_epochs
 from ..plan.schedule import TRDSchedule
@@ -161,6 +162,7 @@ class TRDPlugin:
     # -- seam: the training loader -------------------------------------------------------------
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
+        self._check_shards(dataset, kw)
         if not self.enabled or not kw.get('is_training', False):
             if self.enabled:
                 self.eval_loader_built = True
@@ -204,6 +206,14 @@ class TRDPlugin:
             if loading:
                 _logger.info(loading)
         return self.loader
+
+    def _check_shards(self, dataset, kw):
+        """A webdataset split with fewer shards than processes x workers stops here (TRD on or off), before the
+        ranks fall out of step (see :mod:`~timm_trd.data.streams`)."""
+        training = bool(kw.get('is_training', False))
+        shortage = shard_shortage(dataset, kw.get('num_workers', 1), training, one_rank=self.enabled and training)
+        if shortage:
+            raise TRDConfigError(f'--dataset {getattr(self.args, "dataset", "wds/...")}: {shortage}')
 
     @staticmethod
     def _reject_scheduled_options(kw):

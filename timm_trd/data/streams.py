@@ -1,0 +1,85 @@
+"""Streamed (iterable) datasets: what timm's readers do with shards, ranks and workers, and what TRD needs of it.
+
+timm's webdataset reader (``--dataset wds/...``) hands each data worker of each rank its own shards: global worker
+``g = rank x W + w`` of ``R x W`` reads shards ``g, g + R W, ...`` of the split, and repeats them until it has served
+``ceil(N / (R W))`` samples (rounded up to whole batches in training). A worker that gets no shard serves nothing,
+so with fewer shards than ``R x W`` the ranks load different numbers of batches: under DDP the rank that runs out
+first waits in a collective the others never reach (a hang until the process group's timeout), in training and in
+validation (train.py all-reduces every validation batch). :func:`shard_shortage` sees it coming from the split's
+file list, before any worker starts.
+
+For the loader path on an iterable dataset, a worker must know which batch of the epoch each of its samples lands
+in. torch's ``DataLoader`` takes ``batch_size`` consecutive samples from one worker's iterator per batch and asks the
+workers in turn (worker 0 first, each epoch, in order), so worker ``w``'s ``s``-th sample lands in batch
+``w + (s // b) x W`` as long as every worker serves the same number of whole batches: true for timm's wds reader in
+training when every worker has a shard, and for its Hugging Face streaming reader (``hfids/``, each worker serves a
+whole-batch count). :func:`batch_boundaries_unknown` says when that is not known to hold.
+"""
+
+from typing import Optional
+
+import torch
+
+try:
+    from timm.data.dataset import IterableImageDataset
+except ImportError:  # pragma: no cover - timm always has it
+    IterableImageDataset = None
+
+
+def _reader_kind(reader) -> str:
+    """'wds', 'hfids', 'tfds' or the reader's class name, without importing optional packages."""
+    name = type(reader).__name__
+    return {'ReaderWds': 'wds', 'ReaderHfids': 'hfids', 'ReaderTfds': 'tfds'}.get(name, name)
+
+
+def _count(n: int, noun: str) -> str:
+    return f'{n} {noun}{"s" if n != 1 else ""}'
+
+
+def is_streamed(dataset) -> bool:
+    return isinstance(dataset, torch.utils.data.IterableDataset)
+
+
+def shard_shortage(dataset, num_workers: int, is_training: bool, one_rank: bool = False) -> Optional[str]:
+    """Why the ranks of this run would load different numbers of batches from this webdataset split, or None.
+
+    ``num_workers`` is what train.py hands ``create_loader`` for this loader. Only timm's wds reader is known here;
+    any other dataset gives None. With one rank nothing can hang (the workers without a shard sit idle and the epoch
+    is shorter than ``len(loader)`` says): reported only with ``one_rank`` (TRD plans over ``len(loader)``)."""
+    reader = getattr(dataset, 'reader', None)
+    if reader is None or _reader_kind(reader) != 'wds':
+        return None
+    shards = len(reader.split_info.filenames)
+    ranks = max(1, int(getattr(reader, 'dist_num_replicas', 1) or 1))
+    workers = max(1, int(num_workers or 0))
+    if shards >= ranks * workers or (ranks == 1 and not one_rank):
+        return None
+    split = 'training' if is_training else 'validation'
+    who = f'{ranks} processes x {_count(workers, "loader worker")}' if ranks > 1 else _count(workers, 'loader worker')
+    consequence = ('the ranks would load different numbers of batches and wait for each other until the process '
+                   'group times out' if ranks > 1 else 'an epoch would be shorter than the loader\'s length says')
+    fixes = [f'write the {split} split in at least {ranks * workers} shards']
+    if shards >= ranks:
+        note = '; train.py validates streamed data with min(2, --workers) under DDP' if not is_training else ''
+        fixes.append(f'use fewer --workers (at most {shards // ranks}{note})')
+    else:
+        fixes[0] += ' (or use fewer processes)'
+    if not is_training:
+        fixes.append("skip validation with --val-split ''")
+    fixes[-1] = 'or ' + fixes[-1]
+    idle = ranks * workers - shards
+    return (f'the {split} split in {reader.root} has {_count(shards, "shard")} for {who}, so {idle} of the '
+            f'{ranks * workers} readers {"gets" if idle == 1 else "get"} no shard and {consequence}; {", ".join(fixes)}')
+
+
+def batch_boundaries_unknown(dataset) -> Optional[str]:
+    """Why a data worker of this streamed training dataset cannot know which batch of the epoch it is filling
+    (so the loader path cannot run on it), or None when it can."""
+    if IterableImageDataset is None or not isinstance(dataset, IterableImageDataset):
+        return (f'the training dataset is a streamed {type(dataset).__name__}, not timm\'s IterableImageDataset, and '
+                f'its workers\' batch boundaries are unknown')
+    kind = _reader_kind(dataset.reader)
+    if kind not in ('wds', 'hfids'):
+        return (f'the training dataset is streamed by timm\'s {kind} reader, whose workers may serve unequal numbers '
+                f'of batches (the loader path knows wds/ and hfids/)')
+    return None
