@@ -16,6 +16,7 @@ from conftest import MINI_TRAIN, found_train_script
 from streamed_data import env, need, write_shards
 from timm_trd import TRDSchedule
 from timm_trd.data.loader import TRDLoader
+from timm_trd.data.streams import planned_stream_loader
 from timm_trd.errors import TRDConfigError
 
 need('webdataset', 'wds')
@@ -27,8 +28,8 @@ COMMON = ['--img-size', '32', '-b', '4', '--seed', '7']
 def wds_batches(samples: int, ranks: int, workers: int, batch: int) -> int:
     """Training batches per rank and epoch from timm's wds reader: each of the ranks x workers readers serves
     ceil(samples / (ranks x workers)) samples rounded up to whole batches (it repeats its shards to get there)."""
-    per_worker = math.ceil(samples / (ranks * workers))
-    return max(1, workers) * math.ceil(per_worker / batch)
+    workers = max(1, workers)  # no worker processes: the main process reads as one
+    return workers * math.ceil(math.ceil(samples / (ranks * workers)) / batch)
 
 
 def launch(script, *args, ranks=1, timeout=TIMEOUT):
@@ -111,8 +112,10 @@ def _summary(output):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize('ranks', [1, 2])
-def test_device_path_on_shards(shards, tmp_path, ranks):
+@pytest.mark.parametrize('ranks,mode', [(1, 'device'), (2, 'device'), (1, 'loader'), (2, 'auto')])
+def test_trd_on_shards(shards, tmp_path, ranks, mode):
+    """Exactly round(P x batches) reduced batches per epoch on every rank, the reader's batch count, in the plan's
+    order; BatchNorm recalibration and validation on the shards. ``auto`` takes the loader path on wds."""
     script = script_or_stand_in()
     workers = 2
     batches = wds_batches(40, ranks, workers, 4)  # 10 per rank with one rank, 6 with two (readers round up)
@@ -120,10 +123,11 @@ def test_device_path_on_shards(shards, tmp_path, ranks):
     extra = (['--validate', '--result-dir', str(tmp_path)] if script == MINI_TRAIN
              else ['--output', str(tmp_path), '--experiment', 'e'])
     rc, log = launch(script, '--data-dir', str(shards), '--epochs', '2', '--workers', str(workers), '--trd-prob',
-                     '0.5', '--trd-mode', 'device', '--trd-bn-recal', '2', *extra, ranks=ranks)
+                     '0.5', '--trd-mode', mode, '--trd-bn-recal', '2', *extra, ranks=ranks)
     assert rc == 0, log[-4000:]
+    path = 'device' if mode == 'device' else 'loader'
     for epoch in (0, 1):
-        assert f'TRD: epoch {epoch}: {reduced}/{batches} batches at 16x16 (device path)' in log, log[-3000:]
+        assert f'TRD: epoch {epoch}: {reduced}/{batches} batches at 16x16 ({path} path)' in log, log[-3000:]
     if ranks == 2:
         assert log.count('all 2 ranks served the same sizes in the same order') == 2
     assert 'BatchNorm statistics of the model recomputed at 32x32 on 2 training batches' in log
@@ -141,3 +145,33 @@ def test_device_path_on_shards(shards, tmp_path, ranks):
         assert [(int(r['train_trd_reduced_batches']), int(r['train_trd_batches'])) for r in rows] == \
             [(reduced, batches)] * 2
         assert all(0.0 < float(r['eval_top1']) <= 100.0 for r in rows)  # validation on the shards
+
+
+# -- the loader path on shards: each worker knows the batch it fills ------------------------------------------------
+
+@pytest.mark.parametrize('workers', [0, 3])
+def test_loader_path_workers_follow_the_plan_in_process(shards, workers):
+    """timm's wds reader and create_loader, persistent workers: every batch comes at the planned size, 3 epochs."""
+    from timm.data import create_dataset, create_loader
+    dataset = create_dataset('wds/toy', root=str(shards), split='train', is_training=True, batch_size=4, seed=1)
+    loader, stream = planned_stream_loader(create_loader, dataset, (), dict(
+        input_size=(3, 32, 32), batch_size=4, is_training=True, use_prefetcher=False, num_workers=workers,
+        persistent_workers=workers > 0), (3, 16, 16))
+    batches = wds_batches(40, 1, workers, 4)
+    assert len(loader) == batches
+    schedule = TRDSchedule(prob=0.5, total_epochs=3, seed=3)
+    trd = TRDLoader(loader, schedule, (32, 32), (16, 16), resize=False, stream=stream)
+    for epoch in range(3):
+        trd.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        sizes = [tuple(x.shape[-2:]) for x, _ in trd]  # TRDLoader stops on a batch off the plan
+        assert sizes == [(16, 16) if r else (32, 32) for r in schedule.plan(epoch, batches)]
+        assert sizes.count((16, 16)) == round(0.5 * batches)
+
+
+def test_reduced_copy_is_refused_on_shards(shards, tmp_path):
+    (tmp_path / 'copy').mkdir()
+    rc, log = launch(MINI_TRAIN, '--data-dir', str(shards), '--epochs', '1', '--workers', '1', '--trd-prob', '0.5',
+                     '--trd-reduced-copy', str(tmp_path / 'copy'))
+    assert rc == 2, log[-2000:]
+    assert 'timm-trd: error: --trd-reduced-copy holds a copy of a training folder and this run streams its data' in log

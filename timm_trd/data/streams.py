@@ -16,9 +16,12 @@ training when every worker has a shard, and for its Hugging Face streaming reade
 whole-batch count). :func:`batch_boundaries_unknown` says when that is not known to hold.
 """
 
-from typing import Optional
+import copy
+from typing import Optional, Tuple
 
 import torch
+
+from ..errors import TRDConfigError
 
 try:
     from timm.data.dataset import IterableImageDataset
@@ -83,3 +86,72 @@ def batch_boundaries_unknown(dataset) -> Optional[str]:
         return (f'the training dataset is streamed by timm\'s {kind} reader, whose workers may serve unequal numbers '
                 f'of batches (the loader path knows wds/ and hfids/)')
     return None
+
+
+def _worker() -> Tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+if IterableImageDataset is not None:
+    class PlannedStream(IterableImageDataset):
+        """timm's ``IterableImageDataset`` whose samples get the full or the reduced transform by the batch of the
+        epoch they land in: worker ``w`` of ``W`` puts its ``s``-th sample in batch ``w + (s // b) x W`` (see
+        above), which the epoch's plan, published by the main process in shared memory (:meth:`publish`) before
+        the workers start the epoch, marks as reduced or not. Made from the dataset timm's ``create_loader``
+        built the loader on (:meth:`adopt`), which keeps its length, ``set_epoch`` and reader."""
+
+        trd_reduced_transform = None
+        trd_batch_size = 1
+        trd_plan: Optional[torch.Tensor] = None
+
+        @classmethod
+        def adopt(cls, dataset: 'IterableImageDataset', reduced_transform, batch_size: int,
+                  batches: int) -> 'PlannedStream':
+            dataset.__class__ = cls
+            dataset.trd_reduced_transform = reduced_transform
+            dataset.trd_batch_size = int(batch_size)
+            dataset.trd_plan = torch.zeros(max(1, int(batches)), dtype=torch.uint8).share_memory_()
+            return dataset
+
+        def publish(self, plan) -> None:
+            """The plan of the epoch the next pass serves (main process; the workers read it)."""
+            plan = torch.as_tensor(plan, dtype=torch.uint8)
+            if plan.numel() != self.trd_plan.numel():
+                raise TRDConfigError(f'the streamed dataset\'s epoch has {self.trd_plan.numel()} batches and the plan '
+                                     f'{plan.numel()}; use --trd-mode device')
+            self.trd_plan.copy_(plan)
+
+        def __iter__(self):
+            worker, workers = _worker()
+            plan, batch = self.trd_plan, self.trd_batch_size
+            for served, (img, target) in enumerate(self.reader):
+                index = worker + (served // batch) * workers
+                reduced = index < plan.numel() and bool(plan[index])
+                transform = self.trd_reduced_transform if reduced else self.transform
+                if transform is not None:
+                    img = transform(img)
+                if self.target_transform is not None:
+                    target = self.target_transform(target)
+                yield img, target
+else:  # pragma: no cover
+    PlannedStream = None
+
+
+def planned_stream_loader(create_loader, dataset, args, kwargs, reduced_size):
+    """The loader path on a streamed dataset: ``(loader, dataset)``, the loader timm's ``create_loader`` builds
+    with train.py's arguments, over ``dataset`` turned into a :class:`PlannedStream`.
+
+    The reduced transform is timm's own for ``reduced_size`` ``(C, H, W)``: ``create_loader`` is asked once more,
+    with that size, for a throwaway loader on a shallow copy of the dataset (no worker starts), so it has exactly
+    train.py's augmentation options."""
+    probe = copy.copy(dataset)
+    if args:
+        create_loader(probe, tuple(reduced_size), *args[1:], **kwargs)
+    else:
+        create_loader(probe, **dict(kwargs, input_size=tuple(reduced_size)))
+    reduced_transform = probe.transform
+    loader = create_loader(dataset, *args, **kwargs)
+    batch = int(kwargs.get('batch_size', args[1] if len(args) > 1 else 1))
+    PlannedStream.adopt(dataset, reduced_transform, batch, len(loader))
+    return loader, dataset
