@@ -70,6 +70,7 @@ parser.add_argument('--train-batches-per-epoch', type=int, default=None)
 parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
 parser.add_argument('--naflex-loader', action='store_true', default=False)
 parser.add_argument('--dataset', default='', help='as train.py\'s --dataset (wds/NAME, hfds/..., hfids/...; default: a folder)')
+parser.add_argument('--dataset-download', action='store_true', default=False)
 parser.add_argument('--iterable', action='store_true', default=False,
                     help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
 parser.add_argument('--channels-last', action='store_true', default=False)
@@ -178,7 +179,7 @@ def main():
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     dataset = create_dataset(args.dataset, root=args.data_dir, split='train', is_training=True,
-                             batch_size=args.batch_size, seed=args.seed)
+                             batch_size=args.batch_size, seed=args.seed, download=args.dataset_download)
     if args.iterable:
         dataset = StreamedDataset(dataset)
 
@@ -225,7 +226,8 @@ def main():
     loader_eval = None
     if args.validate:
         loader_eval = create_loader(
-            create_dataset(args.dataset, root=args.data_dir, split='validation', batch_size=args.batch_size),
+            create_dataset(args.dataset, root=args.data_dir, split='validation', batch_size=args.batch_size,
+                           download=args.dataset_download),
             input_size=(3, args.img_size, args.img_size),
             batch_size=args.batch_size, is_training=False, use_prefetcher=False, num_workers=0, persistent_workers=False)
 

@@ -31,7 +31,7 @@ def loader_obstacle(dataset=None, aug_splits=0, multi_epochs=False) -> Optional[
     return None
 
 
-def choose_path(mode: str, obstacle: Optional[str]) -> Tuple[str, str]:
+def choose_path(mode: str, obstacle: Optional[str], streamed: bool = False) -> Tuple[str, str]:
     """``(path, why)`` for ``--trd-mode`` and the obstacle found; a loader mode that cannot run raises."""
     if mode == 'device':
         return 'device', 'chosen with --trd-mode device'
@@ -41,4 +41,7 @@ def choose_path(mode: str, obstacle: Optional[str]) -> Tuple[str, str]:
         return 'loader', 'chosen with --trd-mode loader'
     if obstacle:
         return 'device', f'auto: {obstacle}'
+    if streamed:
+        return 'loader', ('auto: the streamed dataset\'s data workers serve whole batches in turn '
+                          '(timm\'s wds/hfids readers)')
     return 'loader', 'auto: timm\'s scheduled sampler and a map-style dataset allow it'

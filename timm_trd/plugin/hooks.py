@@ -177,7 +177,7 @@ class TRDPlugin:
         full_hw = (int(input_size[1]), int(input_size[2]))
         reduced_hw = self._reduced_size(full_hw)
         path, why = choose_path(self.config.mode, loader_obstacle(
-            dataset, kw.get('num_aug_splits', 0), kw.get('use_multi_epochs_loader', False)))
+            dataset, kw.get('num_aug_splits', 0), kw.get('use_multi_epochs_loader', False)), is_streamed(dataset))
         if self.config.bn_recal:
             args = self.args
             self.recalibrate = BNRecalibrator(
