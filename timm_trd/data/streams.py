@@ -79,11 +79,11 @@ def batch_boundaries_unknown(dataset) -> Optional[str]:
     """Why a data worker of this streamed training dataset cannot know which batch of the epoch it is filling
     (so the loader path cannot run on it), or None when it can."""
     if IterableImageDataset is None or not isinstance(dataset, IterableImageDataset):
-        return (f'the training dataset is a streamed {type(dataset).__name__}, not timm\'s IterableImageDataset, and '
+        return (f'the training dataset is iterable (a {type(dataset).__name__}, not timm\'s IterableImageDataset) and '
                 f'its workers\' batch boundaries are unknown')
     kind = _reader_kind(dataset.reader)
     if kind not in ('wds', 'hfids'):
-        return (f'the training dataset is streamed by timm\'s {kind} reader, whose workers may serve unequal numbers '
+        return (f'the training dataset is iterable (timm\'s {kind} reader), and its workers may serve unequal numbers '
                 f'of batches (the loader path knows wds/ and hfids/)')
     return None
 
