@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from timm_trd.data.sampler import loader_path_unavailable
 from conftest import MINI_TRAIN, found_train_script
 from streamed_data import env, need, write_shards
 from timm_trd import TRDSchedule
@@ -116,6 +117,8 @@ def _summary(output):
 def test_trd_on_shards(shards, tmp_path, ranks, mode):
     """Exactly round(P x batches) reduced batches per epoch on every rank, the reader's batch count, in the plan's
     order; BatchNorm recalibration and validation on the shards. ``auto`` takes the loader path on wds."""
+    if mode != 'device' and loader_path_unavailable():
+        pytest.skip(f'the loader path needs a newer timm: {loader_path_unavailable()}')
     script = script_or_stand_in()
     workers = 2
     batches = wds_batches(40, ranks, workers, 4)  # 10 per rank with one rank, 6 with two (readers round up)
