@@ -83,6 +83,8 @@ parser.add_argument('--train-size-schedule', default='constant', choices=('const
 parser.add_argument('--train-batches-per-epoch', type=int, default=None)
 parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
 parser.add_argument('--naflex-loader', action='store_true', default=False)
+parser.add_argument('--dataset', default='', help='as train.py\'s --dataset (wds/NAME, hfds/..., hfids/...; default: a folder)')
+parser.add_argument('--dataset-download', action='store_true', default=False)
 parser.add_argument('--iterable', action='store_true', default=False,
                     help='feed the training set as an IterableDataset (a stand-in for a streamed dataset)')
 parser.add_argument('--channels-last', action='store_true', default=False)
@@ -205,7 +207,8 @@ def main():
     model = create_model(args.model, num_classes=args.num_classes, **args.model_kwargs)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dataset = create_dataset('', root=args.data_dir, split='train', is_training=True)
+    dataset = create_dataset(args.dataset, root=args.data_dir, split='train', is_training=True,
+                             batch_size=args.batch_size, seed=args.seed, download=args.dataset_download)
     if args.iterable:
         dataset = StreamedDataset(dataset)
 
@@ -257,7 +260,9 @@ def main():
     loader_eval = None
     if args.validate:
         loader_eval = create_loader(
-            create_dataset('', root=args.data_dir, split='validation'), input_size=(3, args.img_size, args.img_size),
+            create_dataset(args.dataset, root=args.data_dir, split='validation', batch_size=args.batch_size,
+                           download=args.dataset_download),
+            input_size=(3, args.img_size, args.img_size),
             batch_size=args.batch_size, is_training=False, use_prefetcher=False, num_workers=0, persistent_workers=False)
 
     # as train.py: timm's scheduler factory says how many epochs run
@@ -265,6 +270,8 @@ def main():
     epochs = []
     best_metric = best_epoch = None
     for epoch in range(start_epoch, num_epochs):
+        if hasattr(dataset, 'set_epoch'):  # as train.py: a streamed dataset shuffles by epoch
+            dataset.set_epoch(epoch)
         metrics = train_one_epoch(epoch, model, loader, optimizer, args, device=device, mixup_fn=mixup_fn, task=task,
                                   saver=saver)
         epochs.append(dict(metrics))

@@ -2,7 +2,8 @@
 
 - ``loader`` (the device path: :class:`TRDLoader` downsamples collated batches on the device, ``resize``),
   ``sampler`` (the loader path: the plan as timm's ``ScheduledBatchSampler``), ``data_path`` (which path a run
-  can take, and why not the other).
+  can take, and why not the other), ``streams`` (streamed datasets: the shard check, and the loader path whose
+  workers pick each batch's size).
 - ``decode``: reduced images decoded at a reduced JPEG scale, or read from the reduced copy.
 - ``reduced_copy``: the half-resolution copy of a training folder (``timm-trd-reduced-copy``), its index and
   its content check.

@@ -329,10 +329,18 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
     return 'TRD: reduced images: ' + '; '.join(parts)
 
 
-def attach_reduced_loading(loader, path: str, config) -> Optional[str]:
+def attach_reduced_loading(loader, path: str, config, streamed: bool = False) -> Optional[str]:
     """The plugin's one call after timm's ``create_loader``: on the loader path, :func:`attach` with the run's
     ``--trd-fast-decode`` / ``--trd-reduced-copy``; returns the line for the log (the plugin logs it once). On the
-    device path a reduced copy is refused."""
+    device path, and on a streamed dataset (no folder to copy), a reduced copy is refused."""
+    if streamed:
+        if config.reduced_copy:
+            raise TRDConfigError('--trd-reduced-copy holds a copy of a training folder and this run streams its data '
+                                 '(an iterable dataset such as wds/ or hfids/); drop --trd-reduced-copy')
+        if path == 'loader':
+            return ('TRD: reduced images are decoded at full size (the streamed reader decodes each image before '
+                    'its transform)' if config.fast_decode else None)
+        return None
     if path != 'loader':
         if config.reduced_copy:
             raise TRDConfigError(f'--trd-reduced-copy needs the loader path and this run takes the {path} path; '

@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import torch
+
 from .resize import downsample, to_training_device
+from ..errors import TRDConfigError
 from ..plan.schedule import TRDSchedule
 
 
@@ -83,8 +86,9 @@ class TRDLoader:
         device: the device train.py trains on; on the device path a CPU batch is moved there before it is shrunk.
     """
 
-    def __init__(self, loader, schedule: TRDSchedule, full_hw, reduced_hw, resize: bool, device=None):
+    def __init__(self, loader, schedule: TRDSchedule, full_hw, reduced_hw, resize: bool, device=None, stream=None):
         self.loader = loader
+        self.stream = stream  # loader path on a streamed dataset: the PlannedStream its workers read the plan from
         self.device = device  # the device train.py trains on (None: resize wherever the batch is)
         self.schedule = schedule
         self.full_hw = tuple(full_hw)
@@ -111,6 +115,8 @@ class TRDLoader:
         batch_sampler = getattr(self.loader, 'batch_sampler', None)
         if not self.resize and hasattr(batch_sampler, 'set_epoch'):
             batch_sampler.set_epoch(epoch)
+        if self.stream is not None:
+            self.stream.publish(self.plan())
 
     def plan(self, epoch: Optional[int] = None):
         return self.schedule.plan(self.epoch if epoch is None else epoch, len(self.loader))
@@ -129,6 +135,7 @@ class TRDLoader:
             try:
                 batch_input, target = next(inner)
             except StopIteration:
+                self._check_complete(index)
                 return
             received = time.perf_counter()
             if self.resize:
@@ -136,6 +143,8 @@ class TRDLoader:
                 if index < len(plan) and plan[index]:
                     batch_input = downsample(batch_input, self.reduced_hw)
             served = time.perf_counter()
+            if self.stream is not None:
+                self._check_planned(index, plan, _input_hw(batch_input))
             size_stats = stats.record(_input_hw(batch_input), int(batch_input.shape[0]))
             stats.on_cpu = stats.on_cpu and batch_input.device.type == 'cpu'
             size_stats.data_s += served - start
@@ -145,6 +154,29 @@ class TRDLoader:
             size_stats.step_s += step
             stats.step_s.append(step)
             index += 1
+
+    def _check_planned(self, index: int, plan, hw) -> None:
+        """Loader path on a streamed dataset: the workers chose each batch's size from where they expect it to land
+        (:mod:`timm_trd.data.streams`); a batch elsewhere would train silently off the plan, so it stops the run."""
+        expected = self.reduced_hw if index < len(plan) and plan[index] else self.full_hw
+        if tuple(hw) != tuple(expected):
+            raise TRDConfigError(
+                f'batch {index} of epoch {self.epoch} came at {hw[0]}x{hw[1]} where the plan has {expected[0]}x'
+                f'{expected[1]}: the data workers did not serve whole batches in turn; use --trd-mode device')
+
+    def _check_complete(self, served: int) -> None:
+        """Under DDP, a rank whose loader ends before its length would leave the others waiting in their next
+        step's collective until the process group times out: stop this rank with the reason instead (the launcher
+        ends the others). Seen with streamed datasets whose workers serve unequal shares (see
+        :mod:`timm_trd.data.streams`); a map-style loader always serves its length."""
+        expected = len(self.loader)
+        dist = torch.distributed
+        if served >= expected or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        raise TRDConfigError(
+            f'rank {dist.get_rank()}: the training loader ended after {served} of its {expected} batches in epoch '
+            f'{self.epoch}, and the other ranks would wait for it in their next step; give every rank the same '
+            f'number of batches (a streamed dataset: at least processes x --workers shards)')
 
     # train.py reads these from its loader; the setter matters for --mixup-off-epoch.
     @property

@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         '--trd-mode', default='auto', metavar='{auto,loader,device}',
         help='where small batches are made: loader = the data workers crop straight to the small size '
-             '(saves decode/augment work; needs timm >= 1.0.29 and a map-style dataset); device = an antialiased '
+             '(saves decode/augment work; needs timm >= 1.0.29 and a map-style dataset, or wds/ or hfids/); device = an antialiased '
              'downsample of the collated batch (any dataset, any timm 1.0.x); auto = loader when possible '
              '(default: auto)')
     group.add_argument(

@@ -10,8 +10,10 @@ calls lives in a module of its own:
   (:mod:`~timm_trd.plan.epochs`), before anything is built; with ``--resume``, compares them with the checkpoint's
   (:mod:`~timm_trd.plugin.resume`);
 - ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data.data_path` picks
-  (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.data.sampler`) and wrapped in a
-  :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through;
+  (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.data.sampler`; on a streamed dataset
+  the workers pick it per batch, :mod:`~timm_trd.data.streams`) and wrapped in a
+  :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through. Any loader on webdataset shards too few for
+  the processes x workers stops first (the ranks would fall out of step and hang);
 - ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
 - ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
   (:mod:`~timm_trd.plugin.report`, :mod:`~timm_trd.plugin.accounting`) to the train metrics, which train.py hands to timm's
@@ -24,7 +26,7 @@ calls lives in a module of its own:
 - ``wandb``: a failing ``wandb.init`` or ``wandb.log`` warns once and the run goes on (:mod:`~timm_trd.plugin.wandb_guard`).
 
 With ``--trd-prob 0`` (the default) the loader, epoch, scheduler and validation seams call straight through
-(same loader object, same metrics). What still acts at P 0: the ``-c`` key check (a typo stops the run), the
+(same loader object, same metrics). What still acts at P 0: the ``-c`` key check (a typo stops the run), the shard check of ``create_loader``, the
 checks of :mod:`~timm_trd.plugin.train_inputs`, the CPU-DDP fix (a run that would crash runs), the wandb guard (a wandb
 failure no longer stops the run), a warning when a ``--trd-*`` setting is given that has no effect without
 ``--trd-prob``, and the line saying that a resumed checkpoint trained with TRD goes on without it.
@@ -43,6 +45,7 @@ from ..data.data_wait import DataWaitCheck
 from ..data.decode import attach_reduced_loading
 from ..data.loader import TRDLoader
 from ..data.sampler import sampler_mismatch, trd_batch_sampler
+from ..data.streams import is_streamed, planned_stream_loader, shard_shortage
 from ..errors import TRDConfigError
 from ..plan.epochs import planned_epochs
 from ..plan.schedule import TRDSchedule
@@ -189,6 +192,7 @@ class TRDPlugin:
     # -- seam: the training loader -------------------------------------------------------------
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
+        self._check_shards(dataset, kw)
         if not self.enabled or not kw.get('is_training', False):
             if self.enabled:
                 self.eval_loader_built = True
@@ -201,7 +205,7 @@ class TRDPlugin:
         full_hw = (int(input_size[1]), int(input_size[2]))
         reduced_hw = self._reduced_size(full_hw)
         path, why = choose_path(self.config.mode, loader_obstacle(
-            dataset, kw.get('num_aug_splits', 0), kw.get('use_multi_epochs_loader', False)))
+            dataset, kw.get('num_aug_splits', 0), kw.get('use_multi_epochs_loader', False)), is_streamed(dataset))
         if self.config.bn_recal:
             args = self.args
             self.recalibrate = BNRecalibrator(
@@ -210,8 +214,10 @@ class TRDPlugin:
                 primary=_is_primary(args), rank=int(getattr(args, 'rank', 0) or 0), seed=self.schedule.seed,
                 every=self.config.bn_recal_every, last=self.config.bn_recal_last)
 
-        loader = None
-        if path == 'loader':
+        loader, stream = None, None
+        if path == 'loader' and is_streamed(dataset):
+            loader, stream = planned_stream_loader(create, dataset, a, kw, (self.channels, *reduced_hw))
+        elif path == 'loader':
             scheduled = dict(kw, input_size_choices=[(self.channels, *full_hw), (self.channels, *reduced_hw)],
                              batch_choice_weights=[1.0 - self.config.prob, self.config.prob],
                              batch_choice_seed=self.schedule.seed)
@@ -224,15 +230,23 @@ class TRDPlugin:
                 path, why, loader = 'device', f'auto: the loader path failed its start-up check ({mismatch})', None
         if loader is None:
             loader = create(dataset, *a, **kw)
-        loading = attach_reduced_loading(loader, path, self.config)  # raises on a bad --trd-reduced-copy
+        loading = attach_reduced_loading(loader, path, self.config, streamed=is_streamed(dataset))  # raises on a bad --trd-reduced-copy
         self.loader = TRDLoader(loader, self.schedule, full_hw, reduced_hw, resize=path == 'device',
-                                device=kw.get('device', getattr(self.args, 'device', None)))
+                                device=kw.get('device', getattr(self.args, 'device', None)), stream=stream)
         self.data_wait = DataWaitCheck(kw.get('num_workers', 0), path, self.config.reduced_copy)
         if _is_primary(self.args):
             _logger.info(start_line(self.config, self.schedule, path, why, full_hw, reduced_hw))
             if loading:
                 _logger.info(loading)
         return self.loader
+
+    def _check_shards(self, dataset, kw):
+        """A webdataset split with fewer shards than processes x workers stops here (TRD on or off), before the
+        ranks fall out of step (see :mod:`~timm_trd.data.streams`)."""
+        training = bool(kw.get('is_training', False))
+        shortage = shard_shortage(dataset, kw.get('num_workers', 1), training, one_rank=self.enabled and training)
+        if shortage:
+            raise TRDConfigError(f'--dataset {getattr(self.args, "dataset", "wds/...")}: {shortage}')
 
     @staticmethod
     def _reject_scheduled_options(kw):
