@@ -24,14 +24,14 @@ HAS_TRAIN_SCRIPT = bool(os.environ.get('TIMM_TRAIN_SCRIPT')) or (ROOT / '.gpu_ch
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'experiments' / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'experiments' / 'gpu_check' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-gpu_check = load('gpu_check')
-prep = load('gpu_check_prepare')
+gpu_check = load('runner')
+prep = load('prepare')
 
 
 def env():
@@ -206,7 +206,7 @@ def test_speed_phases_time_each_path_against_the_full_size_run(call2):
 def test_collectives_on_two_processes_of_one_device(tmp_path):
     prefix = tmp_path / 'coll'
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                             str(ROOT / 'experiments' / 'gpu_check_train.py'), '--probe-out', str(prefix),
+                             str(ROOT / 'experiments' / 'gpu_check' / 'train_child.py'), '--probe-out', str(prefix),
                              '--collectives-only'], capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = gpu_check.read_probe(prefix)

@@ -16,7 +16,7 @@ against the bound :data:`MEMORY_BOUND`.
 
 Call 2, the paths that need more than one process or a GPU. ``ddp`` and ``ddp-syncbn``: two processes on the
 one GPU (``torchrun --nproc_per_node 2``; NCCL refuses two ranks on one device, so the group is gloo, whose
-collectives take CUDA tensors through host memory, see experiments/gpu_check_train.py) with TRD,
+collectives take CUDA tensors through host memory, see experiments/gpu_check/train_child.py) with TRD,
 ``--trd-bn-recal`` (averaged with timm's ``distribute_bn``), ``--model-ema``, train.py's ``--dist-bn reduce``,
 and ``--sync-bn`` in the second; checked: the collectives on CUDA tensors, the ranks serving the same sizes,
 the recalibration averaged over both, every rank ending each epoch with bit-identical weights and buffers (model
@@ -61,9 +61,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the check's own modules, also when imported by path
-from gpu_check_prepare import (CARRY, DEFAULT_IMAGENETTE, ROOT, list_images, prepare,  # noqa: E402
+from prepare import (CARRY, DEFAULT_IMAGENETTE, ROOT, list_images, prepare,  # noqa: E402
                                reencode_imagenette)
-from gpu_check_train import read_probe  # noqa: E402
+from train_child import read_probe  # noqa: E402
 
 # Alternating two sizes must not raise the CUDA caching allocator's peak reservation above the full-size run's by
 # more than this share. A reduced batch's working set is (80/160)^2 = 1/4 of a full one's, so keeping both side
@@ -409,11 +409,11 @@ class Check:
         return None
 
     def trainpy(self, name, log, timeout, data_dir, num_classes, c, extra, world=1, workers=None, env=None):
-        """Run train.py (through experiments/gpu_check_train.py) with the common options; returns (entry, probe ranks,
+        """Run train.py (through experiments/gpu_check/train_child.py) with the common options; returns (entry, probe ranks,
         log text, train.py's output folder)."""
         p = self.p
         probe = self.probes / name
-        child = [ROOT / 'experiments' / 'gpu_check_train.py', '--probe-out', probe]
+        child = [ROOT / 'experiments' / 'gpu_check' / 'train_child.py', '--probe-out', probe]
         if world > 1:
             launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(world),
                       *child, '--one-device']
