@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of TRD (issues 13, 20): the calls, their phases, time budgets and results are described in
-# experiments/gpu_check.py.
+# experiments/gpu_check/__init__.py; this runs that folder (its __main__.py).
 #
 #   experiments/gpu_check.sh --prepare --images DIR [--train-script PATH] [--imagenette TAR]   here: fills .gpu_check/
 #   experiments/gpu_check.sh --call 1        on the GPU machine: accuracy (< 6.5 min); results in $OUT
@@ -10,4 +10,4 @@
 # Python: $PYTHON, else python3 (on the device machine, the one that holds torch).
 set -u
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" -u experiments/gpu_check.py "$@"
+exec "${PYTHON:-python3}" -u experiments/gpu_check "$@"

@@ -24,14 +24,18 @@ HAS_TRAIN_SCRIPT = bool(os.environ.get('TIMM_TRAIN_SCRIPT')) or (ROOT / '.gpu_ch
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'experiments' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """experiments/gpu_check/NAME.py as gpu_check.NAME: the package imported by its path, experiments/ kept off
+    sys.path."""
+    if 'gpu_check' not in sys.modules:
+        folder = ROOT / 'experiments' / 'gpu_check'
+        spec = importlib.util.spec_from_file_location('gpu_check', folder / '__init__.py',
+                                                      submodule_search_locations=[str(folder)])
+        sys.modules['gpu_check'] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules['gpu_check'])
+    return importlib.import_module(f'gpu_check.{name}')
 
 
-gpu_check = load('gpu_check')
-prep = load('gpu_check_prepare')
+plan, accuracy, ddp, train_child, prep = map(load, ('plan', 'accuracy', 'ddp', 'train_child', 'prepare'))
 
 
 def env():
@@ -85,7 +89,7 @@ def test_results_fit_what_the_device_tool_brings_back(name, request):
     assert all(p.stat().st_size < 16 * 2 ** 20 for p in files)
     result = run['json']
     assert result['mode'] == 'dry-run' and result['finished'] is True and result['seconds'] < result['deadline_s']
-    assert list(result['phases']) == list(gpu_check.CALL_PHASES[result['call']])
+    assert list(result['phases']) == list(plan.CALL_PHASES[result['call']])
     assert result['phases']['setup']['status'] == 'ok', result['phases']['setup']
     with tarfile.open(run['out'] / 'gpu_check_logs.tar.gz') as tar:
         names = set(tar.getnames())
@@ -97,22 +101,22 @@ def test_results_fit_what_the_device_tool_brings_back(name, request):
 
 def test_the_two_calls_and_the_machine_start_fit_the_device_time():
     start_s, device_s, per_call_s = 120, 900, 540
-    calls = gpu_check.DEVICE_CALLS
-    deadlines = {c: sum(gpu_check.PROFILES['gpu']['budgets'][ph] for ph in gpu_check.CALL_PHASES[c]) + 5 for c in calls}
+    calls = plan.DEVICE_CALLS
+    deadlines = {c: sum(plan.PROFILES['gpu']['budgets'][ph] for ph in plan.CALL_PHASES[c]) + 5 for c in calls}
     assert set(calls) == {'1', '2'} and start_s + sum(deadlines.values()) <= device_s - 60  # a minute for transfers
     for c, call in calls.items():
         assert deadlines[c] + 10 <= call['timeout_s'] <= per_call_s
-        assert gpu_check.device_call(c)['command'] == f'bash experiments/gpu_check.sh --call {c}'
+        assert plan.device_call(c)['command'] == f'bash experiments/gpu_check.sh --call {c}'
         assert '.gpu_check/wheels' in call['carry'] and '.gpu_check/train.py' in call['carry']
     assert start_s + sum(c['timeout_s'] for c in calls.values()) <= device_s  # even if both run to their hard stop
-    assert set(gpu_check.CALL_PHASES['all']) == set(gpu_check.PHASES)
+    assert set(plan.CALL_PHASES['all']) == set(plan.PHASES)
 
 
 # -- call 1: accuracy ------------------------------------------------------------------------------------
 def test_accuracy_arms_train_the_same_epochs_and_compare_to_the_baseline(call1):
     phases = train_py_phases(call1)
-    epochs = gpu_check.PROFILES['dry']['acc']['epochs']
-    for arm in gpu_check.ACC_ARMS:
+    epochs = plan.PROFILES['dry']['acc']['epochs']
+    for arm in plan.ACC_ARMS:
         e = phases[arm]
         assert e['status'] == 'ok', e
         assert [x['epoch'] for x in e['epochs']] == list(range(epochs))
@@ -128,7 +132,7 @@ def test_accuracy_arms_train_the_same_epochs_and_compare_to_the_baseline(call1):
     assert comparison['arms']['acc-trd']['train_time_ratio'] > 0
     table = call1['table']
     assert 'Accuracy (dry-run): resnet10t from scratch, 32 px (reduced 16)' in table
-    assert sum(f'| {arm} ' in table for arm in gpu_check.ACC_ARMS) == 3
+    assert sum(f'| {arm} ' in table for arm in plan.ACC_ARMS) == 3
 
 
 def test_memory_bound_compares_each_arm_with_the_full_size_run():
@@ -136,14 +140,14 @@ def test_memory_bound_compares_each_arm_with_the_full_size_run():
         return dict(epochs=[dict(top1=50.0)], train_s_per_epoch=1.0, epoch_s_per_epoch=1.2,
                     memory=dict(max_reserved=reserved, max_allocated=allocated, alloc_retries=retries))
     gib = 2 ** 30
-    bound = gpu_check.MEMORY_BOUND
+    bound = plan.MEMORY_BOUND
     phases = {'acc-baseline': arm(10 * gib, 8 * gib), 'acc-trd': arm(10 * gib * (1 + bound / 2), 8 * gib),
               'acc-sizes': arm(10 * gib * (1 + 2 * bound), 8 * gib)}
-    arms = gpu_check.compare_arms(phases)['arms']
+    arms = accuracy.compare_arms(phases)['arms']
     assert arms['acc-trd']['memory_bound_holds'] and not arms['acc-sizes']['memory_bound_holds']
     assert arms['acc-trd']['reserved_over_baseline'] == pytest.approx(bound / 2)
     phases['acc-trd']['memory']['alloc_retries'] = 1  # the allocator had to free its cache and retry
-    assert not gpu_check.compare_arms(phases)['arms']['acc-trd']['memory_bound_holds']
+    assert not accuracy.compare_arms(phases)['arms']['acc-trd']['memory_bound_holds']
 
 
 # -- call 2: two processes on one device, torch.compile, speed ---------------------------------------
@@ -163,16 +167,16 @@ def test_two_processes_end_every_epoch_with_the_same_model(call2):
 def test_ddp_check_catches_ranks_that_differ(call2):
     train_py_phases(call2)
     work = call2['work']
-    ranks = gpu_check.read_probe(work / 'probes' / 'ddp')
+    ranks = train_child.read_probe(work / 'probes' / 'ddp')
     log = (work / 'logs' / 'ddp.log').read_text()
-    c = gpu_check.PROFILES['dry']['ddp']
-    assert all(gpu_check.parse_ddp(ranks, log, c, dist_bn=True, sync_bn=False)['checks'].values())
+    c = plan.PROFILES['dry']['ddp']
+    assert all(ddp.parse_ddp(ranks, log, c, dist_bn=True, sync_bn=False)['checks'].values())
     changed = copy.deepcopy(ranks)
     record = next(r for r in changed[1] if r['kind'] == 'validate' and r['label'] == 'ema')
     record['digests']['buffers'] = '0' * 16
-    checks = gpu_check.parse_ddp(changed, log, c, dist_bn=True, sync_bn=False)['checks']
+    checks = ddp.parse_ddp(changed, log, c, dist_bn=True, sync_bn=False)['checks']
     assert checks['same weights and buffers on every rank'] is False
-    assert gpu_check.parse_ddp({0: ranks[0]}, log, c, dist_bn=True, sync_bn=False)['checks']['2 ranks'] is False
+    assert ddp.parse_ddp({0: ranks[0]}, log, c, dist_bn=True, sync_bn=False)['checks']['2 ranks'] is False
 
 
 def test_compile_phases_build_one_graph_per_size_in_epoch_0_only(call2):
@@ -189,7 +193,7 @@ def test_compile_phases_build_one_graph_per_size_in_epoch_0_only(call2):
 
 def test_speed_phases_time_each_path_against_the_full_size_run(call2):
     phases = train_py_phases(call2)
-    for name in gpu_check.SPEED_PHASES:
+    for name in plan.SPEED_PHASES:
         e = phases[name]
         assert e['status'] == 'ok', e
         assert len(e['summary']) == 2 and e['train_s_per_epoch'] > 0 and e['single_process']
@@ -199,17 +203,17 @@ def test_speed_phases_time_each_path_against_the_full_size_run(call2):
             (0, 1, 2, path), (1, 1, 2, path)]
     rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in call2['table'].splitlines()
             if line.startswith('| trainpy-')]
-    assert [r[0] for r in rows] == list(gpu_check.SPEED_PHASES)
+    assert [r[0] for r in rows] == list(plan.SPEED_PHASES)
     assert rows[0][6] == '' and all(float(r[6]) > 0 for r in rows[1:])  # time ratio against trainpy-baseline
 
 
 def test_collectives_on_two_processes_of_one_device(tmp_path):
     prefix = tmp_path / 'coll'
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                             str(ROOT / 'experiments' / 'gpu_check_train.py'), '--probe-out', str(prefix),
+                             str(ROOT / 'experiments' / 'gpu_check' / 'train_child.py'), '--probe-out', str(prefix),
                              '--collectives-only'], capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = gpu_check.read_probe(prefix)
+    ranks = train_child.read_probe(prefix)
     assert sorted(ranks) == [0, 1]
     for records in ranks.values():
         coll = next(r for r in records if r['kind'] == 'collectives')

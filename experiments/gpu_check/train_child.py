@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """timm's train.py with TRD, watched: what the GPU check needs from a train.py run besides its log.
 
-    [torchrun --nproc_per_node N] experiments/gpu_check_train.py --probe-out PREFIX [--one-device] -- ARGS
-    torchrun --nproc_per_node 2 experiments/gpu_check_train.py --probe-out PREFIX --collectives-only
+    [torchrun --nproc_per_node N] experiments/gpu_check/train_child.py --probe-out PREFIX [--one-device] -- ARGS
+    torchrun --nproc_per_node 2 experiments/gpu_check/train_child.py --probe-out PREFIX --collectives-only
 
 ARGS go to ``timm-trd-train`` unchanged (``timm_trd.cli.launcher.main``: the same train.py, the same hooks). Each
 process appends JSON lines to ``PREFIX.rank<R>.jsonl``:

@@ -24,7 +24,7 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 CARRY = ROOT / '.gpu_check'  # ignored (.gitignore)
 TRAVEL_LIMIT_MB = 64
 IMAGE_SUFFIXES = ('.jpg', '.jpeg')
