@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MINI_TRAIN, found_train_script
+from conftest import MINI_TRAIN, train_script_or_skip
 from timm_trd.plugin.autoresume import WANDB_ID_FILE, find_latest, read_checkpoint, wandb_run_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +91,21 @@ def test_the_same_command_twice_into_one_folder_is_refused_before_it_writes(imag
         assert len(lines) == 1 and lines[0].startswith(f'timm-trd: error: {folder} already holds checkpoints'), lines
         assert '--trd-auto-resume' in lines[0] and 'another --experiment' in lines[0]
         assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+
+
+def test_train_py_refuses_the_same_command_twice_into_one_folder(image_folder, tmp_path):
+    train_script = train_script_or_skip()
+    args = ['--train-script', str(train_script), '--data-dir', str(image_folder),
+            *[a for a in TRAIN_PY_ARGS if a != '--trd-auto-resume'], '--epochs', '1', '--output', str(tmp_path),
+            '--experiment', 'twice']
+    assert launch(*args, timeout=600).returncode == 0
+    folder = tmp_path / 'twice'
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = launch(*args, timeout=600)
+    assert again.returncode == 2
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'timm-trd: error: {folder} already holds checkpoints'), lines
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
 
 def test_auto_resume_without_an_experiment_is_one_line(image_folder, tmp_path):
@@ -183,9 +198,7 @@ TRAIN_PY_ARGS = ['--model', 'resnet10t', '--num-classes', '4', '--img-size', '40
 def test_train_py_killed_and_started_again_continues_as_one_run(image_folder, tmp_path):
     """timm's train.py ($TIMM_TRAIN_SCRIPT or the cached copy): killed from outside once its epoch-1 checkpoint is
     written, then the same command line."""
-    train_script = found_train_script()
-    if train_script is None:
-        pytest.skip("needs timm's train.py: run `timm-trd-train --get-train-script` once, or set TIMM_TRAIN_SCRIPT")
+    train_script = train_script_or_skip()
     common = ['--train-script', str(train_script), '--data-dir', str(image_folder), *TRAIN_PY_ARGS,
               '--output', str(tmp_path)]
     whole = launch(*common, '--experiment', 'whole', timeout=600)
@@ -204,4 +217,57 @@ def test_train_py_killed_and_started_again_continues_as_one_run(image_folder, tm
     again = launch(*cmd[3:], timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'TRD: auto-resume: continuing from' in again.stderr
+    assert_continued_as_one_run(folder, tmp_path / 'whole', higher_is_better=True, metric='eval_top1')
+
+
+def rank_processes(root_pid: int):
+    """The trainer processes below ``root_pid`` by their RANK (read from /proc)."""
+    ranks, todo = {}, [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f'/proc/{pid}/task/{pid}/children').read_text().split()
+            environ = Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
+        except OSError:
+            continue
+        todo += [int(c) for c in children]
+        env_vars = dict(v.split(b'=', 1) for v in environ if b'=' in v)
+        if b'RANK' in env_vars and b'TORCHELASTIC_RUN_ID' in env_vars and pid != root_pid:
+            cmdline = Path(f'/proc/{pid}/cmdline').read_bytes()
+            if b'timm_trd' in cmdline and b'torch.distributed.run' not in cmdline:
+                ranks.setdefault(int(env_vars[b'RANK']), pid)
+    return ranks
+
+
+def test_train_py_under_torchrun_restarts_when_a_rank_is_killed(image_folder, tmp_path):
+    """timm's train.py, 2 processes through scripts/train_node.sh with MAX_RESTARTS=1: rank 1 SIGKILLed from outside
+    once the epoch-1 checkpoint is there; torchrun restarts both and they resume."""
+    train_script = train_script_or_skip()
+    recipe = tmp_path / 'r.yaml'
+    recipe.write_text('trd_prob: 0.5\n')
+    args = [a for a in TRAIN_PY_ARGS if a not in ('--trd-auto-resume',)] + ['--output', str(tmp_path)]
+    node_env = {**env(), 'PYTHON': sys.executable, 'TIMM_TRAIN_SCRIPT': str(train_script), 'MAX_RESTARTS': '1'}
+    node = ['bash', str(TRAIN_NODE), str(recipe), str(image_folder), '2', *args]
+    whole = subprocess.run([*node, '--experiment', 'whole'], capture_output=True, text=True, timeout=600, env=node_env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    folder = tmp_path / 'cut'
+    log = tmp_path / 'cut.log'
+    with open(log, 'w') as out:
+        process = subprocess.Popen([*node, '--experiment', 'cut'], stdout=out, stderr=subprocess.STDOUT, env=node_env,
+                                   start_new_session=True)
+        deadline, killed = time.monotonic() + 300, None
+        while process.poll() is None and time.monotonic() < deadline:
+            if killed is None and (folder / 'checkpoint-1.pth.tar').exists():
+                rank1 = rank_processes(process.pid).get(1)
+                if rank1:
+                    os.kill(rank1, signal.SIGKILL)
+                    killed = rank1
+            time.sleep(0.05)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        code = process.wait(timeout=60)
+    text = log.read_text()
+    assert killed is not None and code == 0, text[-4000:]
+    resumed = [line for line in text.splitlines() if 'TRD: auto-resume: continuing from' in line]
+    assert len(resumed) == 1, text[-4000:]
     assert_continued_as_one_run(folder, tmp_path / 'whole', higher_is_better=True, metric='eval_top1')
