@@ -48,7 +48,7 @@ def parse_ddp(ranks, log, c, dist_bn: bool, sync_bn: bool):
             if 'digests' in v:
                 digests.setdefault((v['epoch'], v['label']), {})[r] = v['digests']
     agree_lines = sum(f'all {world} ranks served the same sizes in the same order' in line for line in log.splitlines())
-    recal = [line for line in log.splitlines() if f'averaged over {world} processes' in line]
+    recal = [line for line in log.splitlines() if f'on {world} processes, averaged' in line]
     checks = {
         f'{world} ranks': len(ranks) == world and all(s and s[0]['world'] == world for s in starts.values()),
         'collectives needed on this device': bool(results) and all(results.get(n, {}).get('ok') for n in needed),

@@ -201,6 +201,7 @@ def one_device(probe: Probe):
 # -- watching train.py --------------------------------------------------------------------------------
 def watch(module, probe: Probe, count_sizes: bool):
     """Wrap train.py's train_one_epoch and validate (outside the plugin's own wrappers)."""
+    import torch
     from timm.utils import unwrap_model
     train, validate = module.train_one_epoch, module.validate
     state = dict(epoch=None)
@@ -209,8 +210,8 @@ def watch(module, probe: Probe, count_sizes: bool):
         state['epoch'] = epoch
         sizes, handle = {}, None
         if count_sizes:  # the input sizes trained on, from a hook on the bare model (eager runs only)
-            def count(module_, inputs):
-                if module_.training and inputs:
+            def count(module_, inputs):  # training steps only: not the BatchNorm recalibration (no grad)
+                if module_.training and inputs and torch.is_grad_enabled():
                     key = 'x'.join(str(d) for d in inputs[0].shape[-2:])
                     sizes[key] = sizes.get(key, 0) + 1
             handle = unwrap_model(model).register_forward_pre_hook(count)
