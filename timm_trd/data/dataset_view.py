@@ -10,13 +10,12 @@ from typing import Sequence
 import torch
 
 
-class DatasetView(torch.utils.data.Dataset):
-    """Some images of a timm dataset, in a given order. timm's ``create_loader`` sets ``transform`` on the dataset
-    it gets; here that goes to this view's own shallow copy of the dataset, so views never share a transform."""
+class OwnTransform(torch.utils.data.Dataset):
+    """A timm dataset with a transform of its own: timm's ``create_loader`` sets ``transform`` on the dataset it gets;
+    here that goes to a shallow copy of the dataset, so the original (train.py's) and other wrappers keep theirs."""
 
-    def __init__(self, dataset, indices: Sequence[int]):
+    def __init__(self, dataset):
         self.dataset = copy.copy(dataset)
-        self.indices = list(indices)
 
     @property
     def transform(self):
@@ -25,6 +24,20 @@ class DatasetView(torch.utils.data.Dataset):
     @transform.setter
     def transform(self, value):
         self.dataset.transform = value
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+
+class DatasetView(OwnTransform):
+    """Some images of a timm dataset, in a given order, with a transform of their own."""
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        super().__init__(dataset)
+        self.indices = list(indices)
 
     def __len__(self):
         return len(self.indices)

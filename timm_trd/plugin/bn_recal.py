@@ -40,6 +40,7 @@ from typing import List
 import numpy as np
 import torch
 
+from ..data.dataset_view import OwnTransform
 from ..plan.rng import preserved_rng
 
 _logger = logging.getLogger('timm_trd')
@@ -105,24 +106,10 @@ def _seed_all(value: int, device: torch.device = torch.device('cpu')) -> None:
     np.random.seed(value)
 
 
-class _SeededImages(torch.utils.data.Dataset):
+class _SeededImages(OwnTransform):
     """The training dataset read by ``(index, seed)`` keys: the random streams are seeded with ``seed`` before the
     image is loaded and augmented, so its augmentation does not depend on the process (or worker) that loads it,
     nor on what that process loaded before (the persistent workers keep their streams between calls)."""
-
-    def __init__(self, dataset):
-        self.dataset = copy.copy(dataset)  # timm's create_loader sets the transform on it, not on train.py's
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
-
-    def __len__(self):
-        return len(self.dataset)
 
     def __getitem__(self, key):
         index, seed = key
