@@ -6,12 +6,14 @@ calls lives in a module of its own:
 
 - ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.plugin.config`), so ``--help`` and ``-c`` know them;
 - ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.plugin.recipe_keys`), train.py inputs that would end in a
-  traceback (:mod:`~timm_trd.plugin.train_inputs`) and the TRD settings, against the epochs train.py's scheduler will run
+  traceback (:mod:`~timm_trd.plugin.train_inputs`), the image folder (:mod:`~timm_trd.plugin.data_folder`: the
+  class count, a missing ``val/``) and the TRD settings, against the epochs train.py's scheduler will run
   (:mod:`~timm_trd.plan.epochs`), before anything is built; with ``--resume``, compares them with the checkpoint's
   (:mod:`~timm_trd.plugin.resume`);
 - ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data.data_path` picks
   (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.data.sampler`) and wrapped in a
-  :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through;
+  :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through; training images much smaller than the
+  training size get a warning line, TRD or not;
 - ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
 - ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
   (:mod:`~timm_trd.plugin.report`, :mod:`~timm_trd.plugin.accounting`) to the train metrics, which train.py hands to timm's
@@ -47,6 +49,7 @@ from ..plan.schedule import TRDSchedule
 from .accounting import CostModel, kd_teacher
 from .bn_recal import BNRecalibrator
 from .config import TRDConfig, add_arguments, check_size, check_train_args, config_from_args, settings_without_effect
+from .data_folder import check_folder, small_images_warning
 from .ddp_cpu import make_ddp_cpu_safe
 from .recipe_keys import check_recipe
 from .report import epoch_line, ranks_agree, start_line
@@ -126,6 +129,7 @@ class TRDPlugin:
         recipe = check_recipe(self.module)
         args, args_text = self.original['_parse_args'](*a, **kw)
         check_train_inputs(args, recipe)
+        check_folder(args, _is_primary(args))
         self.configure(args)
         # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
         args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
@@ -161,6 +165,10 @@ class TRDPlugin:
     # -- seam: the training loader -------------------------------------------------------------
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
+        if kw.get('is_training', False) and _is_primary(self.args):
+            small = small_images_warning(dataset, tuple(kw.get('input_size') or (a[0] if a else None) or (0, 0))[-2:])
+            if small:
+                _logger.warning(small)
         if not self.enabled or not kw.get('is_training', False):
             if self.enabled:
                 self.eval_loader_built = True

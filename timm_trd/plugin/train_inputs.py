@@ -5,7 +5,10 @@ Whether TRD is on or off, two of train.py's own settings fail late and without t
 - a ``--data-dir`` that does not exist (timm's image-folder dataset stops on a bare ``assert os.path.exists``);
 - ``--aug-repeats N`` (the "ResNet strikes back" A1/A2 recipes set 3) in a single process: train.py hands it to
   ``create_loader``, whose only sampler for it is the distributed ``RepeatAugSampler``, so a one-process run
-  stops on timm's ``RepeatAugment not currently supported in non-distributed ...`` assertion.
+  stops on timm's ``RepeatAugment not currently supported in non-distributed ...`` assertion;
+- ``--device cuda`` (train.py's default) on a machine where torch sees no CUDA device: timm's device setup
+  fails on an assertion. The line names ``--device cpu`` (the run is not moved to the CPU behind the user's
+  back: on a GPU node whose driver failed that would be a very slow run nobody asked for).
 
 Each becomes one :class:`~timm_trd.errors.TRDConfigError` line that names the fix.
 """
@@ -49,6 +52,18 @@ def check_aug_repeats(args: argparse.Namespace, recipe: dict = None) -> None:
             f'--nproc-per-node N (N >= 2)')
 
 
+def check_device(args: argparse.Namespace, recipe: dict = None) -> None:
+    """A CUDA ``--device`` (given, or train.py's default) needs a CUDA device torch can see."""
+    import torch
+    device = str(getattr(args, 'device', '') or '')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        given = ' (set by the -c recipe)' if recipe and recipe.get('device') == device else ''
+        raise TRDConfigError(
+            f'--device {device}{given}, but torch sees no CUDA device on this machine (torch.cuda.is_available() is '
+            f'False; train.py\'s --device defaults to cuda); add --device cpu for a CPU run')
+
+
 def check_train_inputs(args: argparse.Namespace, recipe: dict = None) -> None:
     check_data_dir(args)
+    check_device(args, recipe)
     check_aug_repeats(args, recipe)
