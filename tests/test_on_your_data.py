@@ -106,25 +106,25 @@ def test_empty_class_folder_and_a_num_classes_that_counts_it_stops(image_folder,
                           f"image, so timm's reader has no such class); pass --num-classes 4")
 
 
-def test_no_val_folder_warns_that_validation_sees_training_images(tmp_path, caplog):
-    from timm_trd.plugin.data_folder import check_val_folder
+def test_no_val_folder_warns_that_validation_sees_training_images(tmp_path):
     import argparse
+    from timm_trd.plugin.data_folder import val_folder_warning
     data = make_image_folder(tmp_path, size=40, train_per_class=1, val_per_class=0)
     for folder in (data / 'val').glob('*'):
         folder.rmdir()
     (data / 'val').rmdir()
-    check_val_folder(argparse.Namespace(data_dir=str(data), val_split='validation', dataset=''), primary=True)
+    line = val_folder_warning(argparse.Namespace(data_dir=str(data), val_split='validation', dataset=''))
     assert re.search(r'has no validation/ folder \(nor val/\), so train\.py validates on every image under .*the '
-                     r'training images included: its top-1 is a training score', caplog.text)
-    caplog.clear()
-    check_val_folder(argparse.Namespace(data_dir=str(data), val_split='', dataset=''), primary=True)
-    assert caplog.text == ''
+                     r'training images included: its top-1 is a training score', line)
+    assert val_folder_warning(argparse.Namespace(data_dir=str(data), val_split='', dataset='')) is None
 
 
-def test_tiny_images_upsampled_to_the_training_size_warn(tmp_path, capsys):
-    data = make_image_folder(tmp_path, size=16, train_per_class=4, val_per_class=1)
+def test_tiny_images_upsampled_to_the_training_size_warn(tmp_path, caplog):
     from timm_trd.cli import launcher
-    launcher.main(_mini(data, '--img-size', '64', '--log-info'))
-    err = capsys.readouterr().err
+    data = make_image_folder(tmp_path, size=16, train_per_class=4, val_per_class=1)
+    launcher.main(_mini(data, '--img-size', '64'))
     assert ('timm-trd: the training images are at most 16x16 (8 sampled) and train.py trains at 64x64: its crop '
-            'upsamples them 4x, adding no detail; pass --img-size 16') in err
+            'upsamples them 4x, adding no detail; pass --img-size 16') in caplog.text
+    caplog.clear()
+    launcher.main(_mini(data, '--img-size', '24'))  # 1.5x: no word
+    assert 'the training images are at most' not in caplog.text

@@ -135,6 +135,21 @@ def test_a_fixed_size_model_stops_before_the_first_step_with_the_fix(image_folde
     assert 'MINI_RESULT' not in captured.out
 
 
+def test_a_dynamic_size_vit_without_padding_is_told_to_pad_or_take_a_patch_multiple(image_folder, capsys):
+    from timm_trd.cli import launcher
+    argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--model', 'test_vit3',
+            '--model-kwargs', 'dynamic_img_size=True', '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '30',
+            '--epochs', '1']
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('timm-trd: error: ')]
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert 'runs at 64x64 but not at the TRD size 30x30' in lines[0]
+    assert ('dynamic_img_size=True is set, but the size must also be a multiple of the patch (16x16): add '
+            '--model-kwargs dynamic_img_size=True dynamic_img_pad=True, or pick a --trd-size that is a multiple of '
+            'the patch') in lines[0]
+
+
 def test_a_dynamic_size_vit_trains_with_trd(mini_train, image_folder, monkeypatch):
     plugin, result = run(mini_train, monkeypatch, '--data-dir', str(image_folder), '--model', 'test_vit3',
                          '--model-kwargs', 'dynamic_img_size=True', '--img-size', '64', '--trd-prob', '0.5',

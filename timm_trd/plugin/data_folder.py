@@ -18,13 +18,10 @@ class folders are listed and each is read up to its first image; the image sizes
 """
 
 import argparse
-import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import TRDConfigError
-
-_logger = logging.getLogger('timm_trd')
 
 UPSAMPLE_WARN = 2.0
 """Warn when the largest sampled image side is this many times smaller than the training size, or more."""
@@ -80,16 +77,16 @@ def _reads_folder(args: argparse.Namespace) -> Optional[str]:
     return root if root and os.path.isdir(root) else None
 
 
-def check_classes(args: argparse.Namespace, primary: bool) -> None:
-    """Set ``args.num_classes`` from the training folder when not given; stop when given and different, or when
-    the folder has a single class."""
+def check_classes(args: argparse.Namespace) -> Optional[str]:
+    """Set ``args.num_classes`` from the training folder when not given (returns the line that says so); stop
+    when given and different, or when the folder has a single class."""
     root = _reads_folder(args)
     if root is None or not hasattr(args, 'num_classes') or getattr(args, 'class_map', ''):
-        return
+        return None
     train = split_root(root, getattr(args, 'train_split', 'train') or 'train') or root
     classes, empty = class_folders(train)
     if classes is None:
-        return
+        return None
     skipped = (f' ({", ".join(empty[:3])}{" ..." if len(empty) > 3 else ""} holds no image, so timm\'s reader '
                f'has no such class)') if empty else ''
     if len(classes) < 2:
@@ -99,31 +96,30 @@ def check_classes(args: argparse.Namespace, primary: bool) -> None:
     given = args.num_classes
     if given is None:
         args.num_classes = len(classes)
-        if primary:
-            _logger.info(f'timm-trd: --num-classes {len(classes)}, the class folders of {train}{skipped} (no '
-                         f'--num-classes given: train.py would build the model\'s default head)')
-    elif int(given) != len(classes):
+        return (f'timm-trd: --num-classes {len(classes)}, the class folders of {train}{skipped} (no --num-classes '
+                f'given: train.py would build the model\'s default head)')
+    if int(given) != len(classes):
         raise TRDConfigError(
             f'--num-classes {given}, but {train} has {len(classes)} class folders with images{skipped}; pass '
             f'--num-classes {len(classes)} (or leave it out: timm-trd then counts the folders)')
+    return None
 
 
-def check_val_folder(args: argparse.Namespace, primary: bool) -> None:
-    """Warn when train.py's validation split falls back to the data folder itself (the training images)."""
+def val_folder_warning(args: argparse.Namespace) -> Optional[str]:
+    """A line when train.py's validation split falls back to the data folder itself (the training images)."""
     root = _reads_folder(args)
     split = getattr(args, 'val_split', None)
-    if root is None or not split or not primary:
-        return
-    if split_root(root, split) is None:
-        _logger.warning(
-            f'timm-trd: {root} has no {split}/ folder (nor val/), so train.py validates on every image under {root}, '
+    if root is None or not split or split_root(root, split) is not None:
+        return None
+    return (f'timm-trd: {root} has no {split}/ folder (nor val/), so train.py validates on every image under {root}, '
             f'the training images included: its top-1 is a training score; add {root}/val/ (a folder per class) '
             f'or pass --val-split \'\' to train without validation')
 
 
-def check_folder(args: argparse.Namespace, primary: bool) -> None:
-    check_classes(args, primary)
-    check_val_folder(args, primary)
+def check_folder(args: argparse.Namespace) -> Tuple[Optional[str], Optional[str]]:
+    """Check (and complete) ``args`` for the image folder; returns (an info line, a warning line) to log once
+    the other checks have passed too (a run that stops prints its one line only)."""
+    return check_classes(args), val_folder_warning(args)
 
 
 def _sample_paths(dataset, count: int = 8) -> List[str]:

@@ -129,8 +129,13 @@ class TRDPlugin:
         recipe = check_recipe(self.module)
         args, args_text = self.original['_parse_args'](*a, **kw)
         check_train_inputs(args, recipe)
-        check_folder(args, _is_primary(args))
+        folder_info, folder_warning = check_folder(args)
         self.configure(args)
+        if _is_primary(args):
+            if folder_info:
+                _logger.info(folder_info)
+            if folder_warning:
+                _logger.warning(folder_warning)
         # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
         args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
         return args, args_text
