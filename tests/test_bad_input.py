@@ -33,6 +33,9 @@ CASES = [
     (['--trd-prob', '0.5', '--trd-seed', '-3'], '--trd-seed must be >= 0'),
     (['--data-dir', '/nonexistent/images'], '--data-dir /nonexistent/images does not exist; pass the folder'),
     (['--aug-repeats', '3'], '--aug-repeats 3 needs several processes'),
+    # usage errors: the one line (train.py's own parser), without argparse's ~100-line usage before it
+    (['--frobnicate'], 'unrecognized arguments: --frobnicate (timm-trd-train --help lists the options)'),
+    (['--epochs', 'x'], "argument --epochs: invalid int value: 'x' (timm-trd-train --help lists the options)"),
 ]
 MINI_ONLY = [
     (['--trd-prob', '0.5', '--trd-mode', 'loader', '--iterable'], NO_LOADER or 'the training dataset is iterable'),

@@ -4,7 +4,8 @@
 looks up when it runs (:data:`SEAMS` lists them). This file holds the seams and nothing else; what each one
 calls lives in a module of its own:
 
-- ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.plugin.config`), so ``--help`` and ``-c`` know them;
+- ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.plugin.config`), so ``--help`` and ``-c`` know them; a
+  usage error prints one line (not train.py's 100-line usage before it);
 - ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.plugin.recipe_keys`), train.py inputs that would end in a
   traceback (:mod:`~timm_trd.plugin.train_inputs`), the image folder (:mod:`~timm_trd.plugin.data_folder`: the
   class count, a missing ``val/``) and the TRD settings, against the epochs train.py's scheduler will run
@@ -34,6 +35,7 @@ failure no longer stops the run), a warning when a ``--trd-*`` setting is given 
 import argparse
 import dataclasses
 import logging
+import sys
 from typing import Optional
 
 import yaml
@@ -81,6 +83,13 @@ def _is_primary(args) -> bool:
     return rank == 0
 
 
+def _one_line_error(message: str) -> None:
+    """train.py's parser on a usage error (an unknown option, a bad value): the one line, not argparse's usage
+    first (train.py's usage runs to some 100 lines, with the line that matters below it)."""
+    sys.stderr.write(f'timm-trd: error: {message} (timm-trd-train --help lists the options)\n')
+    sys.exit(2)
+
+
 class TRDPlugin:
     """The state TRD keeps for one train.py run; :func:`install` creates it."""
 
@@ -113,6 +122,7 @@ class TRDPlugin:
     def install(self) -> 'TRDPlugin':
         m = self.module
         add_arguments(m.parser)
+        m.parser.error = _one_line_error
         m._parse_args = self.parse_args
         m.create_loader = self.create_loader
         m.train_one_epoch = self.train_one_epoch
