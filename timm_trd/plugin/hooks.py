@@ -11,7 +11,8 @@ calls lives in a module of its own:
   class count, a missing ``val/``) and the TRD settings, against the epochs train.py's scheduler will run
   (:mod:`~timm_trd.plan.epochs`), before anything is built; with ``--resume``, compares them with the checkpoint's
   (:mod:`~timm_trd.plugin.resume`);
-- ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data.data_path` picks
+- ``create_loader``: the ranks' TRD settings are compared once (:mod:`~timm_trd.plugin.rank_settings`); the training
+  loader is built for TRD on the data path :mod:`~timm_trd.data.data_path` picks
   (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.data.sampler`) and wrapped in a
   :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through; training images much smaller than the
   training size get a warning line, TRD or not;
@@ -53,6 +54,7 @@ from .bn_recal import BNRecalibrator
 from .config import TRDConfig, add_arguments, check_size, check_train_args, config_from_args, settings_without_effect
 from .data_folder import check_folder, small_images_warning
 from .ddp_cpu import make_ddp_cpu_safe
+from .rank_settings import check_ranks_agree
 from .recipe_keys import check_recipe
 from .report import epoch_line, ranks_agree, start_line
 from .resume import ResumeState, record_served, resume_state
@@ -180,6 +182,8 @@ class TRDPlugin:
     # -- seam: the training loader -------------------------------------------------------------
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
+        if kw.get('is_training', False):
+            self._check_ranks_agree()
         if kw.get('is_training', False) and _is_primary(self.args):
             small = small_images_warning(dataset, tuple(kw.get('input_size') or (a[0] if a else None) or (0, 0))[-2:])
             if small:
@@ -227,6 +231,19 @@ class TRDPlugin:
             if loading:
                 _logger.info(loading)
         return self.loader
+
+    def _check_ranks_agree(self):
+        """Every rank has the same TRD settings (:mod:`~timm_trd.plugin.rank_settings`); only rank 0 prints the
+        line, the others exit with the same status."""
+        if self.config is None:
+            return
+        seed = self.schedule.seed if self.schedule is not None else int(getattr(self.args, 'seed', 0) or 0)
+        try:
+            check_ranks_agree(self.config, seed)
+        except TRDConfigError:
+            if not _is_primary(self.args):
+                sys.exit(2)
+            raise
 
     @staticmethod
     def _reject_scheduled_options(kw):
