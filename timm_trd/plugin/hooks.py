@@ -48,7 +48,7 @@ from ..data.loader import TRDLoader
 from ..data.sampler import sampler_mismatch, trd_batch_sampler
 from ..errors import TRDConfigError
 from ..plan.epochs import planned_epochs
-from ..plan.schedule import TRDSchedule
+from ..plan.schedule import TRDSchedule, epoch_granularity_problem
 from .accounting import CostModel, kd_teacher
 from .bn_recal import BNRecalibrator
 from .config import TRDConfig, add_arguments, check_size, check_train_args, config_from_args, settings_without_effect
@@ -90,6 +90,11 @@ def _one_line_error(message: str) -> None:
     first (train.py's usage runs to some 100 lines, with the line that matters below it)."""
     sys.stderr.write(f'timm-trd: error: {message} (timm-trd-train --help lists the options)\n')
     sys.exit(2)
+
+
+def _raise_if(problem: Optional[str]) -> None:
+    if problem:
+        raise TRDConfigError(problem)
 
 
 class TRDPlugin:
@@ -174,6 +179,7 @@ class TRDPlugin:
             seed = config.seed if config.seed is not None else int(getattr(args, 'seed', 0) or 0)
             self.schedule = TRDSchedule(prob=config.prob, total_epochs=epochs, full_res_epochs=config.full_res_epochs,
                                         granularity=config.granularity, seed=seed)
+            _raise_if(epoch_granularity_problem(self.schedule))
             if getattr(args, 'torchcompile', None) and keep_static_shapes() and _is_primary(args):
                 _logger.info('TRD: torch.compile builds one static graph per training size '
                              '(dynamo automatic_dynamic_shapes turned off)')
@@ -286,6 +292,7 @@ class TRDPlugin:
             _logger.info(f'TRD: train.py\'s scheduler runs {epochs} epochs, not the {self.schedule.total_epochs} '
                          f'counted ahead; the plan follows it')
         self.schedule = dataclasses.replace(self.schedule, total_epochs=epochs)
+        _raise_if(epoch_granularity_problem(self.schedule))
         if self.loader is not None:
             self.loader.set_schedule(self.schedule)
 
