@@ -24,6 +24,8 @@ calls lives in a module of its own:
 - ``validate``: with ``--trd-bn-recal N``, BatchNorm statistics are recomputed at full size first
   (:mod:`~timm_trd.plugin.bn_recal`); the epoch hook recomputes them after the last epoch too, before its checkpoint;
 - the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.plugin.ddp_cpu`);
+- train.py's ``CheckpointSaver``: a failed write (a full disk) stops in one line and leaves no half-written file
+  (:mod:`~timm_trd.plugin.safe_saver`);
 - ``wandb``: a failing ``wandb.init`` or ``wandb.log`` warns once and the run goes on (:mod:`~timm_trd.plugin.wandb_guard`).
 
 With ``--trd-prob 0`` (the default) the loader, epoch, scheduler and validation seams call straight through
@@ -58,6 +60,7 @@ from .rank_settings import check_ranks_agree
 from .recipe_keys import check_recipe
 from .report import epoch_line, ranks_agree, start_line
 from .resume import ResumeState, record_served, resume_state
+from .safe_saver import make_saver_safe
 from .static_shapes import keep_static_shapes
 from .train_inputs import check_train_inputs
 from .wandb_guard import guard_wandb
@@ -68,8 +71,9 @@ REQUIRED = ('parser', '_parse_args', 'create_loader', 'train_one_epoch', 'main')
 """Names a train.py must have for timm-trd to attach (``main`` is called, the others are replaced)."""
 
 SEAMS = ('parser', '_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_epoch', 'validate',
-         'wandb', 'task classes / DistributedDataParallel')
-"""What :func:`install` replaces in train.py (``create_scheduler_v2``, ``validate`` and ``wandb`` when present)."""
+         'wandb', 'task classes / DistributedDataParallel', 'CheckpointSaver')
+"""What :func:`install` replaces in train.py (``create_scheduler_v2``, ``validate``, ``wandb`` and the saver when
+present)."""
 
 _WRAPPED = ('_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_epoch', 'validate')
 
@@ -138,6 +142,7 @@ class TRDPlugin:
         if 'validate' in self.original:
             m.validate = self.validate
         make_ddp_cpu_safe(m)
+        make_saver_safe(m)
         guard_wandb(m)
         return self
 
