@@ -17,7 +17,8 @@ calls lives in a module of its own:
   :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through; training images much smaller than the
   training size get a warning line, TRD or not;
 - ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
-- ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
+- ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures and its wall
+  time and images/s
   (:mod:`~timm_trd.plugin.report`, :mod:`~timm_trd.plugin.accounting`) to the train metrics, which train.py hands to timm's
   ``update_summary`` (summary.csv, wandb), and records what the epoch served in train.py's args, which its
   checkpoints save (:mod:`~timm_trd.plugin.resume`);
@@ -39,6 +40,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import time
 from typing import Optional
 
 import yaml
@@ -58,7 +60,7 @@ from .data_folder import check_folder, small_images_warning
 from .ddp_cpu import make_ddp_cpu_safe
 from .rank_settings import check_ranks_agree
 from .recipe_keys import check_recipe
-from .report import epoch_line, ranks_agree, start_line
+from .report import epoch_line, ranks_agree, start_line, time_columns
 from .resume import ResumeState, record_served, resume_state
 from .safe_saver import make_saver_safe
 from .static_shapes import keep_static_shapes
@@ -324,8 +326,11 @@ class TRDPlugin:
                     _logger.info(self.recalibrate.plan_line(self.eval_loader_built, self._ema_on_cpu()))
         if self.recalibrate is not None:
             self.recalibrate.trained()
+        started = time.perf_counter()
         metrics = train(epoch, model, loader, *a, **kw)
+        seconds = time.perf_counter() - started
         figures = self.epoch_figures(epoch, loader)
+        figures.update(time_columns(loader.last_stats, seconds, int(getattr(self.args, 'world_size', 1) or 1)))
         if self.recalibrate is not None and epoch == self.schedule.total_epochs - 1:
             self.recalibrate_last(epoch, model, kw)
         if metrics is not None:
