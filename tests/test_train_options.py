@@ -313,10 +313,10 @@ def test_loader_path_falls_back_when_timms_sampler_does_not_follow_the_plan(mini
 
 # -- 7. resume -----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('path', PATHS)
 TIME = ('trd_epoch_s', 'trd_img_per_s')
 
 
+@pytest.mark.parametrize('path', PATHS)
 def test_a_resumed_run_serves_the_same_sizes_as_an_uninterrupted_one(image_folder, tmp_path, monkeypatch, path):
     common = ['--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '0.5', '--trd-size', str(SMALL),
               '--trd-mode', path, '--epochs', '3', '--workers', '1']
