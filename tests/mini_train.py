@@ -37,7 +37,7 @@ STAND_IN = "the tests' stand-in for timm's train.py (tests/mini_train.py), not t
 parser = argparse.ArgumentParser(description='mini train script')
 parser.add_argument('--data-dir', default=None)
 parser.add_argument('--model', default='resnet10t')
-parser.add_argument('--num-classes', type=int, default=4)
+parser.add_argument('--num-classes', type=int, default=None, help='default: the model\'s (as train.py)')
 parser.add_argument('--img-size', type=int, default=32)
 parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W',
                     help='the training size as train.py takes it (overrides --img-size)')
@@ -68,6 +68,7 @@ parser.add_argument('--step-sleep', type=float, default=0.0, help='seconds to sl
 parser.add_argument('--validate', action='store_true', default=False,
                     help='after each epoch, validate on the val split through a module-level validate()')
 parser.add_argument('--seed', type=int, default=42)
+parser.add_argument('--device', default='cpu', help="the stand-in trains on the CPU (train.py's default is cuda)")
 parser.add_argument('--workers', type=int, default=0)
 parser.add_argument('--no-prefetcher', action='store_true', default=False)
 parser.add_argument('--mixup', type=float, default=0.0)
@@ -205,6 +206,8 @@ def main():
     torch.manual_seed(args.seed + args.rank)
 
     model = create_model(args.model, num_classes=args.num_classes, **args.model_kwargs)
+    if args.num_classes is None:  # as train.py
+        args.num_classes = model.num_classes
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     dataset = create_dataset(args.dataset, root=args.data_dir, split='train', is_training=True,

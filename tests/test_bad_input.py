@@ -31,8 +31,14 @@ CASES = [
     (['--trd-prob', '0.5', '--trd-mode', 'fast'], '--trd-mode must be one of auto, loader, device'),
     (['--trd-prob', '0.5', '--trd-granularity', 'step'], '--trd-granularity must be one of batch, epoch'),
     (['--trd-prob', '0.5', '--trd-seed', '-3'], '--trd-seed must be >= 0'),
+    (['--trd-prob', '0.5', '--trd-granularity', 'epoch', '--epochs', '1'],
+     '--trd-granularity epoch with --trd-prob 0.5 reduces 1 of the 1 TRD epoch (a share of 1, not 0.5): use '
+     '--trd-granularity batch, or 2 or more TRD epochs'),
     (['--data-dir', '/nonexistent/images'], '--data-dir /nonexistent/images does not exist; pass the folder'),
     (['--aug-repeats', '3'], '--aug-repeats 3 needs several processes'),
+    # usage errors: the one line (train.py's own parser), without argparse's ~100-line usage before it
+    (['--frobnicate'], 'unrecognized arguments: --frobnicate (timm-trd-train --help lists the options)'),
+    (['--epochs', 'x'], "argument --epochs: invalid int value: 'x' (timm-trd-train --help lists the options)"),
 ]
 MINI_ONLY = [
     (['--trd-prob', '0.5', '--trd-mode', 'loader', '--iterable'], NO_LOADER or 'the training dataset is iterable'),

@@ -98,7 +98,7 @@ def test_trd_off_gives_the_same_losses_as_no_plugin(image_folder, monkeypatch):
     for name, plugged in (('plain_run', False), ('plugged_run', True)):
         module = load_train_module(MINI_TRAIN, name=name)
         monkeypatch.setattr('sys.argv', ['mini_train.py', '--data-dir', str(image_folder), '--img-size', str(FULL),
-                                         '--epochs', '1', '--workers', '1'])
+                                         '--epochs', '1', '--workers', '1', '--num-classes', '4'])
         if plugged:
             install(module)
         torch.manual_seed(0)

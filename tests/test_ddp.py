@@ -33,3 +33,35 @@ def test_both_ranks_see_the_same_size_at_every_step(image_folder, tmp_path, path
         assert sizes[0] == [(24, 24) if reduced else (40, 40) for reduced in plan]
     for r in runs:
         assert [m['trd_reduced_batches'] for m in r['epochs']] == [3, 3]
+
+
+def test_a_rank_with_another_trd_prob_stops_before_training_with_one_line(image_folder, tmp_path):
+    """Two processes of one job started with different command lines (as two nodes' launchers could be)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank, prob in ((0, '0.5'), (1, '0.3')):
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore', 'RANK': str(rank),
+               'LOCAL_RANK': str(rank), 'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}
+        cmd = [sys.executable, '-m', 'timm_trd', '--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder),
+               '--img-size', '40', '--trd-prob', prob, '--trd-size', '24', '--epochs', '1', '-b', '8']
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [2, 2]
+    errors = [line for _, err in outs for line in err.splitlines() if 'timm-trd: error' in line]
+    assert errors == ['timm-trd: error: rank 1 has --trd-prob 0.3, rank 0 has 0.5: every rank must train with the '
+                      'same TRD settings; pass the same --trd-* options (or -c recipe) to every process']
+    assert all('MINI_RESULT' not in out for out, _ in outs)  # no rank trained
+
+
+def test_rank_settings_mismatch_names_the_first_difference():
+    from timm_trd.plugin.config import TRDConfig
+    from timm_trd.plugin.rank_settings import mismatch, settings
+    same = settings(TRDConfig(prob=0.5, size=(112, 112)), 42)
+    assert mismatch([same, dict(same), dict(same)]) is None
+    other_size = settings(TRDConfig(prob=0.5, size=(96, 96), reduced_copy='/local/copy'), 42)
+    assert mismatch([same, dict(same), other_size]).startswith('rank 2 has --trd-size 96 96, rank 0 has 112 112:')
+    assert mismatch([same, settings(TRDConfig(prob=0.5, size=(112, 112)), 7)]).startswith(
+        'rank 1 has --trd-seed (else --seed) 7, rank 0 has 42:')

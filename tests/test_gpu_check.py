@@ -1,7 +1,8 @@
 """experiments/gpu_check.sh keeps working: its CPU dry runs go through every phase the two GPU calls run.
 
 Call 1 (accuracy) and call 2 (two processes on one device, torch.compile, speed) run timm's train.py: their
-phases need $TIMM_TRAIN_SCRIPT (or --prepare's .gpu_check/train.py) and are skipped with that reason otherwise.
+phases need a train.py, found as the other end-to-end tests find it (conftest: $TIMM_TRAIN_SCRIPT, ./train.py, the
+copy `timm-trd-train --get-train-script` saved) or --prepare's .gpu_check/train.py, and are skipped otherwise.
 The bench_trd.py phases (``--call bench``), --prepare's pieces, the collectives probe and the time plan need no
 train.py.
 """
@@ -17,10 +18,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import NO_TRAIN_SCRIPT, found_train_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'experiments' / 'gpu_check.sh'
-# the check takes .gpu_check/train.py (--prepare's copy) where there is one, else $TIMM_TRAIN_SCRIPT
-HAS_TRAIN_SCRIPT = bool(os.environ.get('TIMM_TRAIN_SCRIPT')) or (ROOT / '.gpu_check' / 'train.py').is_file()
+# the check takes .gpu_check/train.py (--prepare's copy) where there is one, else the train.py the other end-to-end
+# tests find (conftest: $TIMM_TRAIN_SCRIPT, ./train.py, the --get-train-script cache), passed as --train-script
+FOUND_TRAIN_SCRIPT = found_train_script()
+HAS_TRAIN_SCRIPT = FOUND_TRAIN_SCRIPT is not None or (ROOT / '.gpu_check' / 'train.py').is_file()
 
 
 def load(name):
@@ -45,7 +50,7 @@ def env():
 
 
 def dry_run(base: Path, call: str):
-    extra = ['--train-script', os.environ['TIMM_TRAIN_SCRIPT']] if os.environ.get('TIMM_TRAIN_SCRIPT') else []
+    extra = ['--train-script', str(FOUND_TRAIN_SCRIPT)] if FOUND_TRAIN_SCRIPT else []
     result = subprocess.run(['bash', str(SCRIPT), '--dry-run', '--call', call, '--out', str(base / 'out'),
                              '--work', str(base / 'work'), *extra], capture_output=True, text=True, env=env(),
                             timeout=1800)
@@ -76,7 +81,7 @@ def train_py_phases(run):
         for name, entry in phases.items():
             if name != 'setup':
                 assert entry['status'] == 'skipped' and 'train.py' in entry['reason']
-        pytest.skip("needs timm's train.py: set TIMM_TRAIN_SCRIPT to a pytorch-image-models checkout's train.py")
+        pytest.skip(NO_TRAIN_SCRIPT)
     return phases
 
 
@@ -310,3 +315,19 @@ def test_prepare_counts_what_each_call_carries_and_refuses_over_the_limit(tmp_pa
                              '--train-script', str(big)], capture_output=True, text=True, env=env(), timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith('gpu_check: error: --prepare needs --images')
+
+
+def test_the_skips_find_the_cached_train_py_as_the_other_end_to_end_tests_do(tmp_path):
+    """With no $TIMM_TRAIN_SCRIPT, the copy --get-train-script saved in the cache is the one the phases get."""
+    from timm_trd.cli.train_script import cached_script_name, timm_version
+    cache = tmp_path / 'cache'
+    (cache / 'timm-trd').mkdir(parents=True)
+    cached = cache / 'timm-trd' / cached_script_name(timm_version())
+    cached.write_text((ROOT / 'tests' / 'mini_train.py').read_text())  # any file with train.py's seams
+    probe = ('import sys; sys.path.insert(0, "tests"); import test_gpu_check as t; '
+             'print(t.HAS_TRAIN_SCRIPT, t.FOUND_TRAIN_SCRIPT)')
+    environ = {k: v for k, v in env().items() if k != 'TIMM_TRAIN_SCRIPT'}
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**environ, 'XDG_CACHE_HOME': str(cache), 'PYTHONPATH': str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['True', str(cached.resolve())]

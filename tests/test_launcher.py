@@ -210,7 +210,7 @@ def test_offline_stops_with_one_line_naming_the_url_and_git_clone(newcomer, serv
     monkeypatch.setenv(train_script.URL_ENV_VAR, f'http://127.0.0.1:{port}')
     code, captured = run_launcher(['--get-train-script'], capsys, monkeypatch)
     assert_one_line_error(code, captured, f'could not download http://127.0.0.1:{port}/{TAG}/train.py',
-                          f'git clone --branch {TAG} ')
+                          f'set TIMM_TRD_TRAIN_SCRIPT_URL to a mirror of ', 'or pass --train-script PATH to a train.py you have', f'git clone --branch {TAG} ')
     assert not (newcomer / 'cache').exists()
 
 

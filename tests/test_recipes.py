@@ -271,7 +271,11 @@ def test_recipe_loads_through_train_py(train_module, monkeypatch, tmp_path, name
     module, plugin = train_module
     recipe = load(name)
     monkeypatch.setenv('WORLD_SIZE', '8')  # the launch the headers assume (aug_repeats needs several processes)
-    args = parse(module, plugin, monkeypatch, '-c', str(RECIPES / f'{name}.yaml'), '--data-dir', str(tmp_path))
+    # --device cpu: train.py's default cuda stops on a machine without CUDA (timm_trd.plugin.train_inputs)
+    # and a folder with class folders (an empty one stops: timm_trd.plugin.data_folder)
+    data = make_image_folder(tmp_path, size=8, train_per_class=1, val_per_class=0, classes=('circle', 'cross'))
+    args = parse(module, plugin, monkeypatch, '-c', str(RECIPES / f'{name}.yaml'), '--data-dir', str(data),
+                 '--device', 'cpu')
     for key, value in recipe.items():
         assert getattr(args, key) == value, key
     assert module.parser.get_default('smoothing') == recipe['smoothing']  # the YAML replaced train.py's 0.1
@@ -346,15 +350,21 @@ def test_tiny_trd_recipe_trains(train_script, folder64, tmp_path, name):
         cmd, processes = ['bash', str(TRAIN_NODE), str(recipe), str(folder64), '2', *TINY, *out], 2
     else:
         repeats = ['--aug-repeats', '0'] if load(name).get('aug_repeats') else []
+        # epoch granularity needs epochs to alternate: round(0.9 x 6) = 5 of 6 (1 epoch would be wholly reduced,
+        # which stops the run: test_bad_input)
+        epochs = ['--epochs', '6'] if TRD[name][1].get('trd_granularity') == 'epoch' else []
         cmd, processes = [sys.executable, '-m', 'timm_trd', '-c', str(recipe), '--data-dir', str(folder64),
-                          *TINY, *repeats, *out], 1
+                          *TINY, *repeats, *epochs, *out], 1
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     trd = TRD[name][1]
     batches = 64 // 8 // processes
-    # one epoch: with epoch granularity round(0.9 x 1) = 1 epoch wholly reduced
-    reduced = batches if trd.get('trd_granularity') == 'epoch' else int(trd['trd_prob'] * batches + 0.5)
+    if trd.get('trd_granularity') == 'epoch':
+        lines = re.findall(rf'TRD: epoch \d: (\d)/{batches} batches at 32x32', log)
+        assert sorted(lines) == ['0'] + [str(batches)] * 5  # 5 of the 6 epochs wholly reduced
+        return
+    reduced = int(trd['trd_prob'] * batches + 0.5)
     assert f'TRD: epoch 0: {reduced}/{batches} batches at 32x32' in log
     if processes == 2:
         assert 'all 2 ranks served the same sizes in the same order' in log

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_a_copy_that_does_not_match_stops_the_run(data, tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('timm-trd: error: --trd-reduced-copy') and 'does not match the training folder' in last
-    assert 'rerun timm-trd-reduced-copy' in last
+    assert 'in a folder of its own: timm-trd-reduced-copy' in last and f'a rerun into {data / "copy"}' in last
     device = launch('--data-dir', str(data), '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '32',
                     '--trd-mode', 'device', '--trd-reduced-copy', str(data / 'copy'), '-b', '4', '--epochs', '1')
     assert device.returncode == 2 and 'needs the loader path' in device.stderr.strip().splitlines()[-1]
@@ -176,29 +177,58 @@ def fresh_copy(src, dst):
 def refused(src, copy, match, **kw):
     with pytest.raises(TRDConfigError, match=match) as error:
         check_copy(reader_of(src), str(copy), **kw)
-    assert 'rerun timm-trd-reduced-copy' in str(error.value)
+    assert 'rerun timm-trd-reduced-copy' in str(error.value) or 'in a folder of its own: timm-trd-reduced-copy' \
+        in str(error.value)
     return str(error.value)
+
+
+def own_copy_command(message):
+    """The command of a 'copy of its own' fix, and the folder it writes."""
+    command = message.split('in a folder of its own: ')[1].split(' and pass ')[0].split()
+    assert command[0] == 'timm-trd-reduced-copy'
+    return command, command[2]
 
 
 def same_bytes(a, b, rels):
     return all((a / r).read_bytes() == (b / r).read_bytes() for r in rels)
 
 
-def test_a_copy_of_another_folder_with_the_same_names_is_refused_and_the_rerun_replaces_it(tmp_path):
+def test_a_copy_of_another_folder_with_the_same_names_is_refused_and_the_fix_makes_one_of_its_own(tmp_path):
     """CIFAR-10's layout: train/c0/0.jpg and val/c0/0.jpg. A copy of val/ offered for train/ is refused, and the
-    rerun the message names rewrites every file (none kept for having a newer time than its original)."""
+    command the message names writes a copy of train/ beside it, every file, leaving the copy of val/ as it was."""
     train = write_folder(tmp_path / 'train', n_per_class=3, seed=0)
     val = write_folder(tmp_path / 'val', n_per_class=3, seed=1)
     copy = fresh_copy(val, tmp_path / 'copy')
     message = refused(train, copy, r'made from .*val\) does not match the training folder .*train: 6 training images '
                                    r'that are not the ones the copy was made from')
-    rerun = message.split('rerun ')[1].split(' (')[0].split()
-    assert rerun[0] == 'timm-trd-reduced-copy'
-    m = make_copy(*rerun[1:3], workers=1, progress=False)
+    command, own = own_copy_command(message)
+    assert own != str(copy) and f'a rerun into {copy} would delete its copies of the images of {val}' in message
+    m = make_copy(*command[1:3], workers=1, progress=False)
     assert m['written_this_run'] == 6 and m['kept_this_run'] == 0
-    check_copy(reader_of(train), str(copy))
+    check_copy(reader_of(train), own)
+    check_copy(reader_of(val), str(copy))  # the copy of val/ is untouched
     rels = [str(p.relative_to(train)) for p in train.rglob('*.jpg')]
-    assert same_bytes(copy, fresh_copy(train, tmp_path / 'reference'), rels)  # the training pictures, every one
+    assert same_bytes(Path(own), fresh_copy(train, tmp_path / 'reference'), rels)  # the training pictures, every one
+
+
+def test_a_copy_of_the_full_set_used_with_a_subset_keeps_its_images(tmp_path):
+    """A copy made from the full training folder, offered for a subset of it (some classes): refused, and the
+    fix the message names never deletes an image of the full set's copy."""
+    import shutil
+    full = write_folder(tmp_path / 'full' / 'train', n_per_class=3, classes=3, seed=0)
+    subset = tmp_path / 'subset' / 'train'
+    for folder in sorted(full.iterdir())[:2]:
+        shutil.copytree(folder, subset / folder.name)  # copy2: same size and time as the full set's files
+    copy = fresh_copy(full, tmp_path / 'copy')
+    before = sorted(str(p.relative_to(copy)) for p in copy.rglob('*.jpg'))
+    message = refused(subset, copy, r'made from .*full/train\) does not match the training folder .*subset/train: '
+                                    r'\d+ images not in the training folder')
+    command, own = own_copy_command(message)
+    assert own == f'{copy}-subset-train'
+    make_copy(*command[1:3], workers=1, progress=False)
+    check_copy(reader_of(subset), own)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob('*.jpg')) == before
+    check_copy(reader_of(full), str(copy))
 
 
 def test_an_original_replaced_after_copying_is_refused_whatever_its_time(tmp_path):
@@ -441,10 +471,9 @@ def test_training_refuses_a_copy_of_the_validation_folder_until_the_named_rerun(
     assert first.returncode == 2
     last = first.stderr.strip().splitlines()[-1]
     assert 'made from' in last and 'not the ones the copy was made from' in last
-    command = last.split('rerun ')[1].split(' (it fixes')[0].split()
-    assert command[:1] == ['timm-trd-reduced-copy']
+    command, own = own_copy_command(last)
     subprocess.run([*tool, *command[1:], '--workers', '1'], check=True, capture_output=True)
-    second = launch(*args)
+    second = launch(*[own if a == str(copy) else a for a in args])
     assert second.returncode == 0, second.stderr[-2000:]
 
 

@@ -79,3 +79,19 @@ def test_paper_compute_shares():
     assert compute_share(0.9, (112, 112), (224, 224)) == pytest.approx(0.325)
     assert compute_share(0.5, (112, 112), (224, 224)) == pytest.approx(0.625)
     assert compute_share(0.5, (80, 80), (160, 160)) == pytest.approx(0.625)
+
+
+def test_epoch_granularity_too_few_epochs_to_alternate_is_a_problem_and_the_start_line_tells_the_served_share():
+    from timm_trd.plan.schedule import epoch_granularity_problem
+    from timm_trd.plugin.config import TRDConfig
+    from timm_trd.plugin.report import start_line
+    assert 'reduces 1 of the 1 TRD epoch' in epoch_granularity_problem(TRDSchedule(0.5, 1, granularity='epoch'))
+    assert 'reduces 0 of the 4 TRD epochs' in epoch_granularity_problem(TRDSchedule(0.1, 4, granularity='epoch'))
+    assert '5 or more TRD epochs' in epoch_granularity_problem(TRDSchedule(0.1, 4, granularity='epoch'))
+    assert epoch_granularity_problem(TRDSchedule(0.5, 1)) is None  # batch granularity: batches alternate
+    schedule = TRDSchedule(0.5, 3, granularity='epoch', seed=42)
+    assert epoch_granularity_problem(schedule) is None and len(schedule.reduced_epochs()) == 2
+    line = start_line(TRDConfig(prob=0.5, granularity='epoch'), schedule, 'device', 'auto', (64, 64), (32, 32))
+    epochs = ', '.join(map(str, schedule.reduced_epochs()))
+    assert line.startswith(f'TRD: 2 of 3 epochs (share 0.667; --trd-prob 0.5 in whole epochs: {epochs}) at 32x32 ')
+    assert line.endswith('ideal compute 0.500 of full size')  # 1 - 2/3 * 0.75, not 1 - 0.5 * 0.75 = 0.625

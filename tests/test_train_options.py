@@ -135,6 +135,21 @@ def test_a_fixed_size_model_stops_before_the_first_step_with_the_fix(image_folde
     assert 'MINI_RESULT' not in captured.out
 
 
+def test_a_dynamic_size_vit_without_padding_is_told_to_pad_or_take_a_patch_multiple(image_folder, capsys):
+    from timm_trd.cli import launcher
+    argv = ['--train-script', str(MINI_TRAIN), '--data-dir', str(image_folder), '--model', 'test_vit3',
+            '--model-kwargs', 'dynamic_img_size=True', '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '30',
+            '--epochs', '1']
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('timm-trd: error: ')]
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert 'runs at 64x64 but not at the TRD size 30x30' in lines[0]
+    assert ('dynamic_img_size=True is set, but the size must also be a multiple of the patch (16x16): add '
+            '--model-kwargs dynamic_img_size=True dynamic_img_pad=True, or pick a --trd-size that is a multiple of '
+            'the patch') in lines[0]
+
+
 def test_a_dynamic_size_vit_trains_with_trd(mini_train, image_folder, monkeypatch):
     plugin, result = run(mini_train, monkeypatch, '--data-dir', str(image_folder), '--model', 'test_vit3',
                          '--model-kwargs', 'dynamic_img_size=True', '--img-size', '64', '--trd-prob', '0.5',
@@ -298,6 +313,9 @@ def test_loader_path_falls_back_when_timms_sampler_does_not_follow_the_plan(mini
 
 # -- 7. resume -----------------------------------------------------------------------------------------------------------
 
+TIME = ('trd_epoch_s', 'trd_img_per_s')
+
+
 @pytest.mark.parametrize('path', PATHS)
 def test_a_resumed_run_serves_the_same_sizes_as_an_uninterrupted_one(image_folder, tmp_path, monkeypatch, path):
     common = ['--data-dir', str(image_folder), '--img-size', str(FULL), '--trd-prob', '0.5', '--trd-size', str(SMALL),
@@ -309,7 +327,8 @@ def test_a_resumed_run_serves_the_same_sizes_as_an_uninterrupted_one(image_folde
     resumed = run(load_train_module(MINI_TRAIN, name='mini_resumed'), monkeypatch, *common, '--resume', str(checkpoint))[1]
     assert sorted(resumed['shapes']) == ['2']
     assert resumed['shapes']['2'] == whole['shapes']['2']
-    trd = lambda metrics: {k: v for k, v in metrics.items() if k.startswith('trd_')}  # noqa: E731
+    # the TRD columns but the epoch's wall time and images/s, which no two runs share
+    trd = lambda metrics: {k: v for k, v in metrics.items() if k.startswith('trd_') and k not in TIME}  # noqa: E731
     assert trd(resumed['epochs'][0]) == trd(whole['epochs'][2])
 
 
@@ -384,6 +403,7 @@ def test_train_py_resume_serves_the_same_sizes(train_script, folder64, tmp_path)
     assert 'TRD: epoch 0:' not in resumed_log and epoch2(resumed_log) is not None
     order = lambda line: re.search(r'order ([0-9a-f]+)', line).group(1)  # noqa: E731
     assert order(epoch2(resumed_log)) == order(epoch2(whole_log))
-    trd = lambda row: {k: v for k, v in row.items() if k.startswith('train_trd_')}  # noqa: E731
+    trd = lambda row: {k: v for k, v in row.items()  # noqa: E731
+                       if k.startswith('train_trd_') and k[len('train_'):] not in TIME}
     whole_rows, resumed_rows = summary_rows(tmp_path / 'whole'), summary_rows(tmp_path / 'resumed')
     assert trd(resumed_rows[-1]) == trd(whole_rows[2]) and resumed_rows[-1]['epoch'] == '2'

@@ -48,6 +48,8 @@ def test_trains_with_half_the_batches_reduced(train_script, folder64, tmp_path, 
     for epoch, row in enumerate(rows):
         assert int(row['train_trd_batches']) == 8 and int(row['train_trd_reduced_batches']) == 4
         assert 0.6 < float(row['train_trd_compute']) < 0.65
+        seconds = float(row['train_trd_epoch_s'])  # the epoch's wall time and images/s beside the compute columns
+        assert seconds > 0 and float(row['train_trd_img_per_s']) == pytest.approx(64 / seconds, rel=0.01)
         assert f'TRD: epoch {epoch}: 4/8 batches at 32x32 ({path} path)' in log
 
 

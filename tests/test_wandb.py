@@ -21,7 +21,8 @@ from timm_trd.plugin.wandb_guard import GuardedWandb, guard_wandb
 
 ARGS = ['--model', 'resnet10t', '--num-classes', '4', '--img-size', '64', '--trd-prob', '0.5', '--trd-size', '32',
         '--device', 'cpu', '-b', '8', '--workers', '1', '--log-interval', '100', '--log-wandb', '--wandb-project', 'trd-test']
-TRD_FIGURES = ('train_trd_reduced_batches', 'train_trd_batches', 'train_trd_compute', 'train_trd_saved_cum')
+TRD_FIGURES = ('train_trd_reduced_batches', 'train_trd_batches', 'train_trd_compute', 'train_trd_saved_cum',
+               'train_trd_epoch_s', 'train_trd_img_per_s')
 GUARD_WARNING = 'timm-trd: wandb.init failed'
 MISSING_WARNING = "You've requested to log metrics to wandb but package not found"
 

@@ -49,7 +49,7 @@ def toy_folder() -> Path:
     return root
 
 
-def train_script(explicit: Optional[str]) -> Tuple[Path, str]:
+def find_or_download_train_script(explicit: Optional[str]) -> Tuple[Path, str]:
     """train.py and where it came from: found as the launcher finds it, else downloaded as --get-train-script."""
     found = train_script.locate_train_script(explicit)
     if found is not None:
@@ -124,7 +124,7 @@ def what_trd_did(plugin, rows: list) -> str:
 def run(argv: List[str], explicit_script: Optional[str]) -> None:
     """Run the demo; ``argv`` are extra train.py arguments (they override the demo's)."""
     start = time.monotonic()
-    path, origin = train_script(explicit_script)
+    path, origin = find_or_download_train_script(explicit_script)
     module = train_script.load_train_module(path)
     stand_in = getattr(module, 'STAND_IN', None)  # tests/mini_train.py says what it is; timm's train.py has none
     print(f'timm-trd demo: train.py: {path} ({origin})' + (f': {stand_in}' if stand_in else ''), flush=True)

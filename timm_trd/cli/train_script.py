@@ -215,8 +215,10 @@ def missing_seams(source: str) -> List[str]:
 
 
 def by_hand(version: str) -> str:
+    """The ways around a failed download: a mirror (``$TIMM_TRD_TRAIN_SCRIPT_URL``), a train.py at hand, git."""
     tag = release_tag(version)
-    return (f'get it by hand: git clone --branch {tag} --depth 1 {REPO_URL} '
+    return (f'set {URL_ENV_VAR} to a mirror of {DEFAULT_BASE_URL}, or pass --train-script PATH to a train.py you '
+            f'have, or get it by hand: git clone --branch {tag} --depth 1 {REPO_URL} '
             f'and pass --train-script pytorch-image-models/train.py')
 
 

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from ..errors import TRDConfigError
+from .bias_caveat import bias_caveat
 from .geirhos_categories import CATEGORIES, CIFAR10_CLASSES, CIFAR10_MAP, IMAGENET_INDICES
 
 NAME = 'cue-conflict stimuli of Geirhos et al. (ICLR 2019)'
@@ -424,6 +425,12 @@ def evaluate_stimuli(model: torch.nn.Module, stimuli: Stimuli, category_map: Cat
         for im in wanted:
             with Image.open(im.path) as image:  # reads the header only
                 sources.add('x'.join(map(str, image.size)))
+    cue = result.get('cue_conflict')
+    if cue:
+        decided = 100.0 * (cue['shape'] + cue['texture']) / cue['conflicts'] if cue['conflicts'] else None
+        chance = 100.0 * 2 / len(mapped) if len(mapped) > 2 else None  # a guess picks the shape or texture category
+        cue['caveat'] = bias_caveat(cue['shape'], cue['texture'], decided, chance,
+                                    'conflicts decided for the shape or the texture category')
     result['stimulus_sizes'] = sorted(sources)
     result['seconds'] = round(time.perf_counter() - start, 2)
     return result
@@ -460,7 +467,9 @@ def format_table(result: dict) -> str:
         lines.append(f'{label}: not evaluated (no folder)' if s is None else
                      f'{label}: {s["counted"]} of {s["images"]} images of mapped categories, {s["correct"]} correct')
     lines.append(f'shape bias = shape / (shape + texture) = {cue["shape"]} / ({cue["shape"]} + {cue["texture"]}) '
-                 f'= {_fmt(cue["shape_bias"], 3)}')
+                 f'= {_fmt(cue["shape_bias"], 3)}, from {cue["shape"] + cue["texture"]} decisions')
+    if cue.get('caveat'):
+        lines.append(cue['caveat'])
     lines += ['', '| category | conflicts (by shape) | shape acc. (%) | conflicts (by texture) | texture acc. (%) | '
                   'shape bias | edges (%) | filled silhouettes (%) |', '|---|---|---|---|---|---|---|---|']
 

@@ -10,7 +10,10 @@ Without these checks a wrong input ends in a traceback, or worse, in a plausible
   its args, so the line says which model and class count the checkpoint holds; a bare state dict is told by its
   classifier's shape;
 - a ``--num-classes`` inferred from the test folder that does not match the checkpoint (the line says it was
-  inferred, and from which folder).
+  inferred, and from which folder);
+- the test size: the model's default (224 for a ResNet-50) is not the size a checkpoint trained at 112 or 32 was
+  validated at; train.py's args in the checkpoint hold it (``--input-size`` / ``--img-size``, and ``--crop-pct``),
+  so that is the default, ``--img-size`` overrides it, and the report says which (:func:`test_size`).
 """
 
 import argparse
@@ -91,6 +94,29 @@ def trained_as(checkpoint: dict) -> Tuple[Optional[str], Optional[int]]:
         return None, None
     classes = getattr(args, 'num_classes', None)
     return getattr(args, 'model', None), int(classes) if classes else None
+
+
+def test_size(checkpoint: dict, kwargs: dict) -> str:
+    """Fill ``kwargs['img_size']`` (and ``crop_pct``) from train.py's args in ``checkpoint`` where not given;
+    returns where the test size comes from, in words."""
+    if kwargs.get('img_size'):
+        return f'{kwargs["img_size"]} px, from --img-size'
+    args = checkpoint.get('args')
+    input_size = getattr(args, 'input_size', None) if isinstance(args, argparse.Namespace) else None
+    img_size = getattr(args, 'img_size', None) if isinstance(args, argparse.Namespace) else None
+    if input_size:
+        size, option = int(input_size[-1]), f'--input-size {" ".join(map(str, input_size))}'
+    elif img_size:
+        size, option = int(img_size), f'--img-size {img_size}'
+    else:
+        return 'the model\'s default (the checkpoint holds no train.py --img-size / --input-size; --img-size sets it)'
+    kwargs['img_size'] = size
+    crop = getattr(args, 'crop_pct', None)
+    if crop and not kwargs.get('crop_pct'):
+        kwargs['crop_pct'] = float(crop)
+        option += f' --crop-pct {crop:g}'
+    return f'{size} px, the size it was trained and validated at (train.py\'s {option} in the checkpoint; --img-size ' \
+           f'overrides it)'
 
 
 def check_inputs(checkpoint_path: str, data_dir: Optional[str], model_name: str, num_classes: Optional[int], split: str,

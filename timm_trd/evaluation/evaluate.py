@@ -47,6 +47,7 @@ import torch
 
 from ..data.dataset_view import DatasetView
 from ..errors import TRDConfigError
+from .bias_caveat import bias_caveat
 
 CUE_CONFLICT_NAME = ('low/high-frequency cue conflict (hybrid images: low-pass of A + high-pass of B; '
                      'a proxy for the stylised cue-conflict test of Geirhos et al. 2019)')
@@ -313,6 +314,10 @@ def _probes(run: _Evaluator, targets, indices, full, blur, shuffle, conflict_sig
         batch = cue_conflict_counts(run.predict(run.model, mixed).argmax(-1).cpu(), target, target_b)
         counts = {key: counts[key] + batch[key] for key in counts}
     n = max(len(probe), 1)
+    classes = int(getattr(run.model, 'num_classes', 0) or 0)
+    chance = 100.0 / classes if classes else None
+    caveat = bias_caveat(counts['low_band_class'], counts['high_band_class'], 100.0 * correct['clean'] / n, chance,
+                         'top-1 on the probe images')
     return {
         'images': len(probe),
         'top1_clean': 100.0 * correct['clean'] / n,
@@ -323,7 +328,7 @@ def _probes(run: _Evaluator, targets, indices, full, blur, shuffle, conflict_sig
                          'sigma_px': round(conflict_sigma * full, 3),
                          'half_power_cycles': round(half_power_cycles(conflict_sigma), 2), 'pair_seed': seed,
                          **counts, 'counted': counts['low_band_class'] + counts['high_band_class'],
-                         'shape_bias': shape_bias(counts)},
+                         'shape_bias': shape_bias(counts), 'caveat': caveat},
     }
 
 
@@ -344,7 +349,7 @@ def evaluate_checkpoint(checkpoint: str, data_dir: Optional[str], model_name: st
     are checked first (:mod:`timm_trd.evaluation.eval_inputs`: raises TRDConfigError with the fix)."""
     from timm.models import create_model
     from . import cue_conflict
-    from .eval_inputs import check_inputs, load_weights
+    from .eval_inputs import check_inputs, load_weights, read_checkpoint, test_size
 
     stimuli = cue_conflict.find_stimuli(cue_conflict_dir) if cue_conflict_dir else None
     raw_map = cue_conflict.read_map(cue_conflict_map) if stimuli else None
@@ -357,7 +362,9 @@ def evaluate_checkpoint(checkpoint: str, data_dir: Optional[str], model_name: st
     model = create_model(model_name, **({'num_classes': num_classes} if num_classes else {}))
     category_map = cue_conflict.resolve_map(raw_map, model.num_classes, class_to_idx) if stimuli else None
     load_weights(model, str(checkpoint), use_ema, model_name, num_classes, origin)
-    result = {'checkpoint': str(checkpoint), 'model': model_name, 'num_classes': num_classes}
+    kwargs = dict(kwargs)
+    source = test_size(read_checkpoint(str(checkpoint)), kwargs)
+    result = {'checkpoint': str(checkpoint), 'model': model_name, 'num_classes': num_classes, 'size_source': source}
     if evaluate_folder:
         result.update(evaluate_model(model, data_dir, **kwargs))
     if stimuli:
@@ -423,7 +430,9 @@ def format_table(result: dict) -> str:
              f'{conflict["pair_seed"]}; {conflict["hybrids"]} hybrids, {conflict["counted"]} counted '
              f'(prediction = A\'s class {conflict["low_band_class"]}, = B\'s class {conflict["high_band_class"]}, '
              f'neither {conflict["other"]})',
-             f'shape bias = #A / #(A or B) = {conflict["shape_bias"]:.3f}']
+             f'shape bias = #A / #(A or B) = {conflict["shape_bias"]:.3f}, from {conflict["counted"]} decisions']
+    if conflict.get('caveat'):
+        rows.append(conflict['caveat'])
     return head + '\n'.join(rows)
 
 
@@ -432,6 +441,8 @@ def format_report(result: dict) -> str:
     from .cue_conflict import format_table as stimuli_table
     parts = [format_table(result) if 'top1' in result else
              f'timm-trd-eval: {result.get("model", "model")} from {result.get("checkpoint", "(in memory)")}']
+    if result.get('size_source'):
+        parts[0] += f'\ntest size: {result["size_source"]}'
     if result.get('stimuli'):
         parts.append(stimuli_table(result['stimuli']))
     return '\n\n'.join(parts)
@@ -449,7 +460,8 @@ def run(argv=None) -> dict:
                         'split, for BatchNorm recalibration); optional with --cue-conflict-dir')
     parser.add_argument('--model', required=True, help='timm model name the checkpoint was trained as')
     parser.add_argument('--num-classes', type=int, default=None, help='default: the classes in the test folder')
-    parser.add_argument('--img-size', type=int, default=None, help='full test size (default: the model\'s)')
+    parser.add_argument('--img-size', type=int, default=None, help='full test size (default: the size the checkpoint '
+                        'was trained and validated at, from its train.py args; else the model\'s)')
     parser.add_argument('--sizes', type=int, nargs='*', default=[], help='more test sizes besides 1/2 and 3/4')
     parser.add_argument('--crop-pct', type=float, default=None, help='test crop fraction (default: the model\'s)')
     parser.add_argument('--scale', type=float, nargs=2, default=None,

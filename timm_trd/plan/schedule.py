@@ -12,7 +12,7 @@ the number of batches, so each DDP rank and each resumed run computes the same p
 
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -94,3 +94,23 @@ class TRDSchedule:
     def reduced_count(self, epoch: int, num_batches: int) -> int:
         """How many of the epoch's ``num_batches`` batches run at reduced size."""
         return int(self.plan(epoch, num_batches).sum())
+
+
+def epoch_share(schedule: TRDSchedule) -> float:
+    """The share of the TRD window's epochs that run reduced (epoch granularity): ``prob`` rounded to whole epochs."""
+    return len(schedule.reduced_epochs()) / schedule.window_epochs
+
+
+def epoch_granularity_problem(schedule: TRDSchedule) -> Optional[str]:
+    """With epoch granularity, a window too short for ``prob`` to alternate (all of it reduced, or none of it):
+    the reason in one line, else None."""
+    prob, window = schedule.prob, schedule.window_epochs
+    if schedule.granularity != 'epoch' or prob in (0.0, 1.0):
+        return None
+    count = len(schedule.reduced_epochs())
+    if 0 < count < window:
+        return None
+    need = next(n for n in range(window + 1, 100_000) if 0 < round_half_up(prob * n) < n)
+    return (f'--trd-granularity epoch with --trd-prob {prob:g} reduces {count} of the {window} TRD epoch'
+            f'{"s" if window != 1 else ""} (a share of {count / window:g}, not {prob:g}): use --trd-granularity batch, '
+            f'or {need} or more TRD epochs')

@@ -101,6 +101,13 @@ def _fixed_size_message(model, full_hw, reduced_hw, error, role: str = 'model') 
     reason = ' '.join(str(error).split())[:160] or type(error).__name__
     if role != 'model':
         fix = 'pick a teacher (--kd-model-name) that accepts any input size'
+    elif getattr(bare, 'dynamic_img_size', False) and not getattr(getattr(bare, 'patch_embed', None),
+                                                                      'dynamic_img_pad', True):
+        patch = getattr(bare.patch_embed, 'patch_size', None)
+        patch = f' ({patch[0]}x{patch[1]})' if patch else ''
+        fix = (f'dynamic_img_size=True is set, but the size must also be a multiple of the patch{patch}: add '
+               f'--model-kwargs dynamic_img_size=True dynamic_img_pad=True, or pick a --trd-size that is a multiple '
+               f'of the patch')
     elif hasattr(bare, 'dynamic_img_size'):
         fix = 'build it for any input size with --model-kwargs dynamic_img_size=True'
     else:

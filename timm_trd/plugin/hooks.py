@@ -4,18 +4,23 @@
 looks up when it runs (:data:`SEAMS` lists them). This file holds the seams and nothing else; what each one
 calls lives in a module of its own:
 
-- ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.plugin.config`), so ``--help`` and ``-c`` know them;
+- ``parser``: gains the ``--trd-*`` options (:mod:`~timm_trd.plugin.config`), so ``--help`` and ``-c`` know them; a
+  usage error prints one line (not train.py's 100-line usage before it);
 - ``_parse_args``: checks the ``-c`` recipe (:mod:`~timm_trd.plugin.recipe_keys`), train.py inputs that would end in a
-  traceback (:mod:`~timm_trd.plugin.train_inputs`) and the TRD settings, against the epochs train.py's scheduler will run
+  traceback (:mod:`~timm_trd.plugin.train_inputs`), the image folder (:mod:`~timm_trd.plugin.data_folder`: the
+  class count, a missing ``val/``) and the TRD settings, against the epochs train.py's scheduler will run
   (:mod:`~timm_trd.plan.epochs`), before anything is built; with ``--resume``, compares them with the checkpoint's
   (:mod:`~timm_trd.plugin.resume`);
-- ``create_loader``: the training loader is built for TRD on the data path :mod:`~timm_trd.data.data_path` picks
+- ``create_loader``: the ranks' TRD settings are compared once (:mod:`~timm_trd.plugin.rank_settings`); the training
+  loader is built for TRD on the data path :mod:`~timm_trd.data.data_path` picks
   (the loader path asks timm for a second, smaller transform, :mod:`~timm_trd.data.sampler`; on a streamed dataset
   the workers pick it per batch, :mod:`~timm_trd.data.streams`) and wrapped in a
   :class:`~timm_trd.data.loader.TRDLoader`; other loaders pass through. Any loader on webdataset shards too few for
-  the processes x workers stops first (the ranks would fall out of step and hang);
+  the processes x workers stops first (the ranks would fall out of step and hang); training images much smaller
+  than the training size get a warning line, TRD or not;
 - ``create_scheduler_v2``: passes through, and the plan follows the number of epochs it returns;
-- ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures
+- ``train_one_epoch``: the epoch hook. It tells the loader the epoch, then adds the epoch's TRD figures and its wall
+  time and images/s
   (:mod:`~timm_trd.plugin.report`, :mod:`~timm_trd.plugin.accounting`) to the train metrics, which train.py hands to timm's
   ``update_summary`` (summary.csv, wandb), and records what the epoch served in train.py's args, which its
   checkpoints save (:mod:`~timm_trd.plugin.resume`);
@@ -23,6 +28,8 @@ calls lives in a module of its own:
   schedule of ``--trd-bn-recal-every`` / ``--trd-bn-recal-last`` (:mod:`~timm_trd.plugin.bn_recal`); the epoch hook
   always recomputes them after the last epoch, before its checkpoint;
 - the task classes (or ``DistributedDataParallel``): DDP on CPU processes (:mod:`~timm_trd.plugin.ddp_cpu`);
+- train.py's ``CheckpointSaver``: a failed write (a full disk) stops in one line and leaves no half-written file
+  (:mod:`~timm_trd.plugin.safe_saver`);
 - ``wandb``: a failing ``wandb.init`` or ``wandb.log`` warns once and the run goes on (:mod:`~timm_trd.plugin.wandb_guard`).
 
 With ``--trd-prob 0`` (the default) the loader, epoch, scheduler and validation seams call straight through
@@ -35,6 +42,8 @@ failure no longer stops the run), a warning when a ``--trd-*`` setting is given 
 import argparse
 import dataclasses
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -48,17 +57,20 @@ from ..data.sampler import sampler_mismatch, trd_batch_sampler
 from ..data.streams import is_streamed, planned_stream_loader, shard_shortage
 from ..errors import TRDConfigError
 from ..plan.epochs import planned_epochs
-from ..plan.schedule import TRDSchedule
+from ..plan.schedule import TRDSchedule, epoch_granularity_problem
 from .accounting import CostModel, kd_teacher
 from .autoresume import Continuation, prepare as prepare_resume, wandb_run_id
 from .bn_recal import BNRecalibrator
 from .config import (TRDConfig, add_arguments, auto_resume, check_size, check_train_args, config_from_args,
                      settings_without_effect)
+from .data_folder import check_folder, small_images_warning
 from .ddp_cpu import make_ddp_cpu_safe
 from .elastic import separate_attempts
+from .rank_settings import check_ranks_agree
 from .recipe_keys import check_recipe
-from .report import epoch_line, ranks_agree, start_line
+from .report import epoch_line, ranks_agree, start_line, time_columns
 from .resume import PARTIAL, ResumeState, record_served, resume_state
+from .safe_saver import make_saver_safe
 from .static_shapes import keep_static_shapes
 from .train_inputs import check_train_inputs
 from .wandb_guard import GuardedWandb, guard_wandb
@@ -69,8 +81,9 @@ REQUIRED = ('parser', '_parse_args', 'create_loader', 'train_one_epoch', 'main')
 """Names a train.py must have for timm-trd to attach (``main`` is called, the others are replaced)."""
 
 SEAMS = ('parser', '_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_epoch', 'validate',
-         'wandb', 'task classes / DistributedDataParallel')
-"""What :func:`install` replaces in train.py (``create_scheduler_v2``, ``validate`` and ``wandb`` when present)."""
+         'wandb', 'task classes / DistributedDataParallel', 'CheckpointSaver')
+"""What :func:`install` replaces in train.py (``create_scheduler_v2``, ``validate``, ``wandb`` and the saver when
+present)."""
 
 _WRAPPED = ('_parse_args', 'create_loader', 'create_scheduler_v2', 'train_one_epoch', 'validate')
 
@@ -84,6 +97,18 @@ def _is_primary(args) -> bool:
         from timm.utils.distributed import world_info_from_env
         rank = world_info_from_env()[1]
     return rank == 0
+
+
+def _one_line_error(message: str) -> None:
+    """train.py's parser on a usage error (an unknown option, a bad value): the one line, not argparse's usage
+    first (train.py's usage runs to some 100 lines, with the line that matters below it)."""
+    sys.stderr.write(f'timm-trd: error: {message} (timm-trd-train --help lists the options)\n')
+    sys.exit(2)
+
+
+def _raise_if(problem: Optional[str]) -> None:
+    if problem:
+        raise TRDConfigError(problem)
 
 
 class TRDPlugin:
@@ -119,6 +144,7 @@ class TRDPlugin:
     def install(self) -> 'TRDPlugin':
         m = self.module
         add_arguments(m.parser)
+        m.parser.error = _one_line_error
         m._parse_args = self.parse_args
         m.create_loader = self.create_loader
         m.train_one_epoch = self.train_one_epoch
@@ -127,6 +153,7 @@ class TRDPlugin:
         if 'validate' in self.original:
             m.validate = self.validate
         make_ddp_cpu_safe(m)
+        make_saver_safe(m)
         guard_wandb(m)
         separate_attempts()
         if hasattr(m, 'utils'):
@@ -139,7 +166,13 @@ class TRDPlugin:
         args, args_text = self.original['_parse_args'](*a, **kw)
         check_train_inputs(args, recipe)
         self.continue_run(args)
+        folder_info, folder_warning = check_folder(args)
         self.configure(args)
+        if _is_primary(args):
+            if folder_info:
+                _logger.info(folder_info)
+            if folder_warning:
+                _logger.warning(folder_warning)
         # the checked trd_* values went back into args as numbers: redo train.py's args.yaml text with them
         args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
         return args, args_text
@@ -184,6 +217,7 @@ class TRDPlugin:
             seed = config.seed if config.seed is not None else int(getattr(args, 'seed', 0) or 0)
             self.schedule = TRDSchedule(prob=config.prob, total_epochs=epochs, full_res_epochs=config.full_res_epochs,
                                         granularity=config.granularity, seed=seed)
+            _raise_if(epoch_granularity_problem(self.schedule))
             if getattr(args, 'torchcompile', None) and keep_static_shapes() and _is_primary(args):
                 _logger.info('TRD: torch.compile builds one static graph per training size '
                              '(dynamo automatic_dynamic_shapes turned off)')
@@ -193,6 +227,12 @@ class TRDPlugin:
     def create_loader(self, dataset, *a, **kw):
         create = self.original['create_loader']
         self._check_shards(dataset, kw)
+        if kw.get('is_training', False):
+            self._check_ranks_agree()
+        if kw.get('is_training', False) and _is_primary(self.args):
+            small = small_images_warning(dataset, tuple(kw.get('input_size') or (a[0] if a else None) or (0, 0))[-2:])
+            if small:
+                _logger.warning(small)
         if not self.enabled or not kw.get('is_training', False):
             if self.enabled:
                 self.eval_loader_built = True
@@ -248,6 +288,19 @@ class TRDPlugin:
         if shortage:
             raise TRDConfigError(f'--dataset {getattr(self.args, "dataset", "wds/...")}: {shortage}')
 
+    def _check_ranks_agree(self):
+        """Every rank has the same TRD settings (:mod:`~timm_trd.plugin.rank_settings`); only rank 0 prints the
+        line, the others exit with the same status."""
+        if self.config is None:
+            return
+        seed = self.schedule.seed if self.schedule is not None else int(getattr(self.args, 'seed', 0) or 0)
+        try:
+            check_ranks_agree(self.config, seed)
+        except TRDConfigError:
+            if not _is_primary(self.args):
+                sys.exit(2)
+            raise
+
     @staticmethod
     def _reject_scheduled_options(kw):
         """train.py's own scheduled-loader arguments (checked at parse time too, for train.py's options)."""
@@ -289,6 +342,7 @@ class TRDPlugin:
             _logger.info(f'TRD: train.py\'s scheduler runs {epochs} epochs, not the {self.schedule.total_epochs} '
                          f'counted ahead; the plan follows it')
         self.schedule = dataclasses.replace(self.schedule, total_epochs=epochs)
+        _raise_if(epoch_granularity_problem(self.schedule))
         if self.loader is not None:
             self.loader.set_schedule(self.schedule)
 
@@ -315,8 +369,11 @@ class TRDPlugin:
                     _logger.info(self.recalibrate.plan_line(self.eval_loader_built, self._ema_on_cpu()))
         if self.recalibrate is not None:
             self.recalibrate.trained()
+        started = time.perf_counter()
         metrics = train(epoch, model, loader, *a, **kw)
+        seconds = time.perf_counter() - started
         figures = self.epoch_figures(epoch, loader)
+        figures.update(time_columns(loader.last_stats, seconds, int(getattr(self.args, 'world_size', 1) or 1)))
         if self.recalibrate is not None and epoch == self.schedule.total_epochs - 1:
             self.recalibrate_last(epoch, model, kw)
         if metrics is not None:

@@ -10,14 +10,23 @@ from typing import Optional
 import torch
 
 from ..data.loader import EpochStats, TRDLoader
-from ..plan.schedule import compute_share
+from ..plan.schedule import compute_share, epoch_share
 
 
 def start_line(config, schedule, path: str, why: str, full_hw, reduced_hw) -> str:
-    ideal = compute_share(config.prob, reduced_hw, full_hw)
+    """What the run serves: with epoch granularity, the whole epochs ``--trd-prob`` rounds to (the share of the
+    window they are, and the ideal compute from that share, not from ``--trd-prob``)."""
     where = 'data workers crop to the small size' if path == 'loader' else 'antialiased downsample of the collated batch'
+    if config.granularity == 'epoch':
+        share = epoch_share(schedule)
+        reduced = schedule.reduced_epochs()
+        what = (f'{len(reduced)} of {schedule.window_epochs} epochs (share {share:.3g}; --trd-prob {config.prob:g} '
+                f'in whole epochs: {", ".join(map(str, reduced))})')
+    else:
+        share, what = config.prob, f'{config.prob:g} of the batches'
+    ideal = compute_share(share, reduced_hw, full_hw)
     return (
-        f'TRD: {config.prob:g} of the batches at {reduced_hw[0]}x{reduced_hw[1]} instead of {full_hw[0]}x{full_hw[1]} '
+        f'TRD: {what} at {reduced_hw[0]}x{reduced_hw[1]} instead of {full_hw[0]}x{full_hw[1]} '
         f'({config.granularity} granularity, epochs 0-{schedule.window_epochs - 1} of {schedule.total_epochs}, '
         f'seed {schedule.seed}); {path} path ({where}; {why}); ideal compute {ideal:.3f} of full size')
 
@@ -55,3 +64,12 @@ def ranks_agree(stats: Optional[EpochStats]) -> Optional[bool]:
     prints = [None] * dist.get_world_size()
     dist.all_gather_object(prints, stats.fingerprint())
     return len(set(prints)) == 1
+
+
+def time_columns(stats: Optional[EpochStats], seconds: float, world_size: int = 1) -> dict:
+    """The epoch's wall time (``train_one_epoch`` on this process, data loading included) and the job's training
+    images per second (this process's images times the ranks, over that time): the saving in time, beside the
+    compute columns (``train_trd_epoch_s``, ``train_trd_img_per_s`` in summary.csv)."""
+    images = sum(size.images for size in stats.sizes.values()) if stats is not None else 0
+    return {'trd_epoch_s': round(seconds, 3),
+            'trd_img_per_s': round(images * world_size / seconds, 2) if seconds > 0 else 0.0}

@@ -80,6 +80,13 @@ def rerun_command(root: str, copy_dir: str, manifest: dict, img_mode: str) -> st
     return f'timm-trd-reduced-copy {root} {copy_dir}{options}'
 
 
+def own_copy_dir(copy_dir: str, root: str) -> str:
+    """A folder beside ``copy_dir`` for a copy of ``root``: ``COPY-<parent>-<name>`` of the training folder."""
+    root = os.path.normpath(os.path.abspath(root))
+    tag = '-'.join(part for part in (os.path.basename(os.path.dirname(root)), os.path.basename(root)) if part)
+    return f'{os.path.normpath(copy_dir)}-{tag}'
+
+
 class _Findings:
     """Mismatches by kind, with a count and the first examples of each."""
 
@@ -120,9 +127,17 @@ def check_copy(reader, copy_dir: str, img_mode: str = 'RGB', sample: int = SAMPL
                              f'run reads {img_mode} (--input-img-mode); rerun {fix}')
     problems, skipped, sizes = _compare(root, samples, copy_dir, manifest, sample)
     if problems.kinds:
-        made_from = '' if os.path.abspath(root) == manifest.get('source') else f' (made from {manifest.get("source")})'
-        raise TRDConfigError(f'--trd-reduced-copy {copy_dir}{made_from} does not match the training folder {root}: '
-                             f'{problems.line()}; rerun {fix} (it fixes every mismatch)')
+        source = manifest.get('source')
+        if os.path.abspath(root) == source:
+            raise TRDConfigError(f'--trd-reduced-copy {copy_dir} does not match the training folder {root}: '
+                                 f'{problems.line()}; rerun {fix} (it fixes every mismatch)')
+        # a copy of another folder (the full set, when training on a subset): a rerun into it would delete its
+        # pictures of that folder, so the fix is a copy of its own
+        own = own_copy_dir(copy_dir, root)
+        raise TRDConfigError(f'--trd-reduced-copy {copy_dir} (made from {source}) does not match the training folder '
+                             f'{root}: {problems.line()}; make a copy of the training folder in a folder of its own: '
+                             f'{rerun_command(root, own, manifest, img_mode)} and pass --trd-reduced-copy {own} (a '
+                             f'rerun into {copy_dir} would delete its copies of the images of {source})')
     return CheckedCopy(copy_dir, float(manifest['scale']), frozenset(skipped), sizes)
 
 
