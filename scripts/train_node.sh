@@ -20,11 +20,13 @@
 #   TORCHRUN_ARGS      more torchrun options, e.g. "--local-addr 10.0.0.5" or "--rdzv-conf join_timeout=900"
 #   MAX_RESTARTS       torchrun restarts all of this node's processes when one dies, up to this many times
 #                      (default 3); each restart resumes from the latest checkpoint (below)
-#   AUTO_RESUME        1 (default): pass --trd-auto-resume, so a restarted or requeued job continues from the latest
-#                      complete checkpoint in <output>/<experiment>; 0: do not (a folder with checkpoints then stops
-#                      the run rather than be written over)
+#   AUTO_RESUME        auto (default): pass --trd-auto-resume when the arguments name an --experiment, so a restarted
+#                      or requeued job continues from the latest complete checkpoint in <output>/<experiment>;
+#                      1: always (it then needs --experiment); 0: never (a folder with checkpoints then stops the run
+#                      rather than be written over)
 #
-# A run that can be restarted needs a fixed --experiment NAME (slurm_train.sbatch passes one per job).
+# A run that can be restarted needs a fixed --experiment NAME (slurm_train.sbatch passes one per job); without one,
+# train.py names a new timestamped folder at every start, and a restart trains from epoch 0 (said in one line).
 # The recipes assume a global batch (batch_size x all processes); with more or fewer GPUs than a recipe's header
 # assumes, pass -b to keep it (recipes/resnet50_a1_trd.yaml on 2 nodes x 8 GPUs: -b 128).
 set -euo pipefail
@@ -51,8 +53,16 @@ nnodes=${NNODES:-1}
 [[ $nnodes =~ ^[1-9][0-9]*$ ]] || die "NNODES must be a positive whole number, got '$nnodes'"
 max_restarts=${MAX_RESTARTS:-3}
 [[ $max_restarts =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a whole number, got '$max_restarts'"
-auto_resume=${AUTO_RESUME:-1}
-[[ $auto_resume == 0 || $auto_resume == 1 ]] || die "AUTO_RESUME must be 0 or 1, got '$auto_resume'"
+auto_resume=${AUTO_RESUME:-auto}
+[[ $auto_resume == 0 || $auto_resume == 1 || $auto_resume == auto ]] \
+    || die "AUTO_RESUME must be auto, 0 or 1, got '$auto_resume'"
+if [[ $auto_resume == auto ]]; then
+    auto_resume=0
+    for arg in "$@"; do
+        [[ $arg == --experiment || $arg == --experiment=* ]] && auto_resume=1
+    done
+    [[ $auto_resume == 1 ]] || no_experiment=1
+fi
 python=${PYTHON:-python3}
 
 launch=("$python" -m torch.distributed.run --nproc_per_node "$nproc" --max-restarts "$max_restarts")
@@ -85,5 +95,9 @@ if [[ $auto_resume == 1 ]]; then
 fi
 launch+=("$@")
 
+if [[ -n ${no_experiment:-} ]]; then
+    echo "train_node.sh: no --experiment: a restarted run trains from epoch 0 in a new folder; pass --experiment" \
+         "NAME to make it resume (--trd-auto-resume)" >&2
+fi
 echo "train_node.sh: $nnodes node(s) x $nproc process(es), up to $max_restarts restart(s): ${launch[*]}" >&2
 exec "${launch[@]}"

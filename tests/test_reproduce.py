@@ -180,6 +180,7 @@ def test_train_worker_counts_the_sizes_train_py_really_trained_at(reproduce, con
     reproduce.DATASETS['toy'] = dict(full=32, reduced=16, model='test_resnet', epochs=1, batch_size=8, lr=0.05,
                                      extra=[], train_per_class=24)
     argv = reproduce.train_args('toy', config, 0, image_folder, tmp_path, 'run', 0)
+    argv[argv.index('--num-classes') + 1] = '4'  # the arms' 10 classes; the generated folder has 4
     timing = tmp_path / 'timing.json'
     done = subprocess.run([sys.executable, str(SCRIPT), '_train', str(timing), *argv], capture_output=True,
                           text=True, timeout=300, env={**reproduce._child_env(), 'TIMM_TRAIN_SCRIPT': str(train_script)})

@@ -290,7 +290,7 @@ def test_sbatch_script_trains_with_trd_on_two_slurm_nodes(cluster, image_folder,
     assert (state, exit_code) == ('COMPLETED', '0:0'), log[-4000:]
     assert nodes == 'n[1-2]'
     port = env['RDZV_PORT']
-    assert (f'slurm_train.sbatch: job {job_id}, 2 node(s) (n[1-2]) x 1 process(es) (GPUs per node: 0), '
+    assert (f'slurm_train.sbatch: job {job_id} (start 1), 2 node(s) (n[1-2]) x 1 process(es) (GPUs per node: 0), '
             f'rendezvous at 127.0.0.1:{port}') in log
     assert log.count('train_node.sh: 2 node(s) x 1 process(es)') == 2  # one torchrun per node, from srun
     assert log.count(f'--rdzv-endpoint 127.0.0.1:{port} --rdzv-id {job_id}') == 2
