@@ -11,11 +11,12 @@ train.py's arguments are parsed (before anything is built or written):
 - without it (and without ``--resume``): a folder that already holds checkpoints stops the run with one line that
   names both ways out, ``--trd-auto-resume`` (or ``--resume PATH``) and another ``--experiment``; TRD on or off.
 
-A run that continues in the folder it resumes from keeps the run's records as one (:class:`Continuation`, through
-the ``utils`` that train.py calls, :class:`~timm_trd.plugin.hooks.TRDPlugin`): timm's ``CheckpointSaver`` gets back the checkpoint history and best metric the
-checkpoint recorded (so ``model_best.pth.tar`` stays the best of all epochs), ``summary.csv`` keeps the rows of the
-epochs before the resume and gets each later epoch once, under the one header, and with ``--log-wandb`` the wandb run
-id kept in the folder (``wandb_run_id.txt``) makes the restarted job log into the same wandb run.
+A run that continues in the folder it resumes from keeps the run's records as one (:class:`Continuation`, handed
+the ``CheckpointSaver`` and ``update_summary`` calls of train.py's ``utils`` by the plugin): the saver gets back the
+checkpoint history and best metric the checkpoint recorded (so ``model_best.pth.tar`` stays the best of all
+epochs), ``summary.csv`` keeps the rows of the epochs before the resume and gets each later epoch once, under the
+one header, and with ``--log-wandb`` the wandb run id kept in the folder (``wandb_run_id.txt``) makes the restarted
+job log into the same wandb run.
 
 What a restart loses: the epoch in flight when the job stopped (it trains again from its start), or with train.py's
 ``--recovery-interval`` the rest of the epoch the recovery checkpoint was written in: timm resumes a

@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='with --experiment NAME: continue from the latest complete checkpoint in <output>/NAME (a job that '
              'SLURM requeued or torchrun restarted), or start at epoch 0 when there is none; keeps the checkpoint '
              'history, summary.csv and the wandb run. Works with TRD off too. Without it, a run whose experiment '
-             'folder holds checkpoints stops instead of writing over them (default: off; on in scripts/train_node.sh when it is given --experiment)')
+             'folder holds checkpoints stops instead of writing over them (default: off; on in '
+             'scripts/train_node.sh when it is given --experiment)')
     group.add_argument(
         '--train-script', default=None, metavar='PATH',
         help='(timm-trd-train launcher) path to timm\'s train.py; else $TIMM_TRAIN_SCRIPT, else ./train.py, else the '
