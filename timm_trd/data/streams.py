@@ -104,6 +104,7 @@ if IterableImageDataset is not None:
         trd_reduced_transform = None
         trd_batch_size = 1
         trd_plan: Optional[torch.Tensor] = None
+        trd_decoding = None  # fast decode of the reduced samples (shard_decode.ShardDecoding), or None
 
         @classmethod
         def adopt(cls, dataset: 'IterableImageDataset', reduced_transform, batch_size: int,
@@ -125,15 +126,33 @@ if IterableImageDataset is not None:
         def __iter__(self):
             worker, workers = _worker()
             plan, batch = self.trd_plan, self.trd_batch_size
-            for served, (img, target) in enumerate(self.reader):
-                index = worker + (served // batch) * workers
-                reduced = index < plan.numel() and bool(plan[index])
-                transform = self.trd_reduced_transform if reduced else self.transform
-                if transform is not None:
-                    img = transform(img)
-                if self.target_transform is not None:
-                    target = self.target_transform(target)
-                yield img, target
+            decoding = self.trd_decoding
+            decode = decoding.install(self.reader) if decoding is not None else None  # fast decode (shard_decode)
+            samples = iter(self.reader)
+            served = 0
+            try:
+                while True:
+                    index = worker + (served // batch) * workers
+                    reduced = index < plan.numel() and bool(plan[index])
+                    if decode is not None:
+                        decode.reduced = reduced  # read by the decode of the sample pulled next, and only by it
+                    try:
+                        img, target = next(samples)
+                    except StopIteration:
+                        return
+                    served += 1
+                    if decoding is not None and isinstance(img, decoding.picture_type):
+                        img = decoding.finish(img)  # decoded at a reduced scale, its crop drawn: the rest
+                    else:
+                        transform = self.trd_reduced_transform if reduced else self.transform
+                        if transform is not None:
+                            img = transform(img)
+                    if self.target_transform is not None:
+                        target = self.target_transform(target)
+                    yield img, target
+            finally:
+                if decode is not None:
+                    decode.reduced = False
 else:  # pragma: no cover
     PlannedStream = None
 
