@@ -133,6 +133,8 @@ def test_trd_on_shards(shards, tmp_path, ranks, mode):
         assert f'TRD: epoch {epoch}: {reduced}/{batches} batches at 16x16 ({path} path)' in log, log[-3000:]
     if ranks == 2:
         assert log.count('all 2 ranks served the same sizes in the same order') == 2
+    if path == 'loader':  # fast decode in the shard reader (tests/test_shard_decode.py)
+        assert 'TRD: reduced images: JPEGs decoded in the shard reader' in log, log[-3000:]
     assert 'BatchNorm statistics of the model recomputed at 32x32 on 2 training batches' in log
     if script == MINI_TRAIN:
         runs = [json.loads((tmp_path / f'rank{rank}.json').read_text()) for rank in range(ranks)]

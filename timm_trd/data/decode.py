@@ -350,10 +350,8 @@ def attach_reduced_loading(loader, path: str, config, streamed: bool = False) ->
             raise TRDConfigError('--trd-reduced-copy holds a copy of a training folder and this run streams its data '
                                  '(an iterable dataset such as wds/ or hfids/); drop --trd-reduced-copy')
         dataset = _scheduled_dataset(loader)
-        if path == 'loader' and hasattr(dataset, 'trd_decoding'):  # a PlannedStream
-            from .shard_decode import shard_decoding
-            dataset.trd_decoding, line = shard_decoding(dataset, config.fast_decode)
-            return line
+        if path == 'loader' and hasattr(dataset, 'attach_fast_decode'):  # a streams.PlannedStream
+            return dataset.attach_fast_decode(config.fast_decode)
         return None
     if path != 'loader':
         if config.reduced_copy:

@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..errors import TRDConfigError
+from .shard_decode import shard_decoding
 
 try:
     from timm.data.dataset import IterableImageDataset
@@ -122,6 +123,12 @@ if IterableImageDataset is not None:
                 raise TRDConfigError(f'the streamed dataset\'s epoch has {self.trd_plan.numel()} batches and the plan '
                                      f'{plan.numel()}; use --trd-mode device')
             self.trd_plan.copy_(plan)
+
+        def attach_fast_decode(self, fast_decode: bool) -> str:
+            """Fast decode of the reduced samples in the shard reader (:mod:`~timm_trd.data.shard_decode`) when
+            ``fast_decode`` and the reader allows; returns the line for the log."""
+            self.trd_decoding, line = shard_decoding(self, fast_decode)
+            return line
 
         def __iter__(self):
             worker, workers = _worker()
