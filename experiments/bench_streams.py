@@ -8,8 +8,9 @@ ImageNet samples of EliSchwartz/imagenet-sample-images; never inside the reposit
 from generated photo-like JPEGs (smooth colour fields with fine grain, 500x375, quality 90: the size of an ImageNet
 photo, not its content), then trains one epoch of ``--trd-prob 0.5`` on the loader path with ``--workers 0``, so
 that the data wait train.py sees per batch is the loading itself, and reads timm-trd's epoch line: data wait per
-batch at the full and at the reduced size. Runs ``--trd-fast-decode`` on and off (on shards the wds reader decodes
-each image before the transform, so fast decode cannot apply there: both should agree). Prints one row per run.
+batch at the full and at the reduced size. Runs ``--trd-fast-decode`` off and on (fast decode works in the shard
+reader: :mod:`timm_trd.data.shard_decode`), alternating (off, on, off, on, ... ``--rounds`` times) so that both see
+the same machine load; prints one row per run, then the mean of each arm.
 """
 
 import argparse
@@ -79,6 +80,7 @@ def main():
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--rounds', type=int, default=2, help='alternations of off and on (default 2: A B A B)')
     args = parser.parse_args()
     photos = sorted(glob.glob(os.path.join(args.photos, '**', '*.JPEG'), recursive=True)
                     + glob.glob(os.path.join(args.photos, '**', '*.jpg'), recursive=True)) if args.photos else []
@@ -87,12 +89,22 @@ def main():
         write_shards(args.shards, photos, args.images, per_shard=args.images // 4)
     print(f'{args.images} {"photos" if photos else "generated photo-like 500x375 JPEGs"} in 4 shards, '
           f'{args.size} -> {args.size // 2}, batch {args.batch}, --workers 0 (the data wait is the loading)')
+    rows = {False: [], True: []}
+    for r in range(args.rounds):
+        for fast in (False, True):
+            full, reduced, cmd = run(args, fast)
+            rows[fast].append((full, reduced))
+            print(f'round {r + 1}, fast decode {"on " if fast else "off"}: data wait per batch {full:.1f} ms full, '
+                  f'{reduced:.1f} ms reduced, ratio {reduced / full:.3f}', flush=True)
     for fast in (False, True):
-        full, reduced, cmd = run(args, fast)
-        print(f'fast decode {"on " if fast else "off"}: data wait per batch {full:.1f} ms full, {reduced:.1f} ms '
-              f'reduced, ratio {reduced / full:.3f}')
-    print(f'command: {cmd}')
-
+        full = sum(f for f, _ in rows[fast]) / len(rows[fast])
+        reduced = sum(r for _, r in rows[fast]) / len(rows[fast])
+        print(f'mean, fast decode {"on " if fast else "off"}: {full:.1f} ms full, {reduced:.1f} ms reduced, '
+              f'ratio {reduced / full:.3f}')
+    off = sum(r for _, r in rows[False]) / len(rows[False])
+    on = sum(r for _, r in rows[True]) / len(rows[True])
+    print(f'reduced batch, fast decode on / off: {on / off:.3f}')
+    print(f'command (last run): {cmd}')
 
 if __name__ == '__main__':
     main()

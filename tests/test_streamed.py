@@ -174,6 +174,20 @@ def test_loader_path_workers_follow_the_plan_in_process(shards, workers):
         assert sizes.count((16, 16)) == round(0.5 * batches)
 
 
+def test_a_copy_of_the_planned_stream_reads_at_full_size(shards):
+    """BatchNorm recalibration loads a shallow copy of the training dataset at the full size: the copy must not
+    follow the plan (it did: recalibration on the loader path then mixed reduced images in)."""
+    import copy
+    from timm.data import create_dataset, create_loader
+    dataset = create_dataset('wds/toy', root=str(shards), split='train', is_training=True, batch_size=4, seed=1)
+    kw = dict(input_size=(3, 32, 32), batch_size=4, is_training=True, use_prefetcher=False, num_workers=0)
+    loader, stream = planned_stream_loader(create_loader, dataset, (), kw, (3, 16, 16))
+    stream.publish(torch.ones(len(loader)))
+    assert {tuple(x.shape[-2:]) for x, _ in loader} == {(16, 16)}
+    clone = copy.copy(stream)
+    assert {tuple(x.shape[-2:]) for x, _ in create_loader(clone, **kw)} == {(32, 32)}
+
+
 def test_reduced_copy_is_refused_on_shards(shards, tmp_path):
     (tmp_path / 'copy').mkdir()
     rc, log = launch(MINI_TRAIN, '--data-dir', str(shards), '--epochs', '1', '--workers', '1', '--trd-prob', '0.5',

@@ -124,6 +124,13 @@ if IterableImageDataset is not None:
                                      f'{plan.numel()}; use --trd-mode device')
             self.trd_plan.copy_(plan)
 
+        def __copy__(self) -> 'IterableImageDataset':
+            """A shallow copy is timm's dataset again, every sample at the transform timm's loader gives it: what
+            BatchNorm recalibration copies the training dataset for (full-size images), never the plan."""
+            clone = IterableImageDataset.__new__(IterableImageDataset)
+            clone.__dict__.update(self.__dict__)
+            return clone
+
         def attach_fast_decode(self, fast_decode: bool) -> str:
             """Fast decode of the reduced samples in the shard reader (:mod:`~timm_trd.data.shard_decode`) when
             ``fast_decode`` and the reader allows; returns the line for the log."""
