@@ -94,3 +94,31 @@ def test_without_a_random_resized_crop_nothing_is_drafted(shards):
     assert line == ('TRD: reduced images are decoded at full size (the reduced transform does not start with timm\'s '
                     'RandomResizedCrop (e.g. --no-aug))')
     assert stream.trd_decoding is None
+
+
+def test_an_unreadable_reduced_image_is_skipped_as_timm_skips_it(tmp_path, caplog):
+    """A truncated JPEG in a reduced slot fails in the decode stage, where timm's error handler logs and skips it
+    (as for a full one): the epoch still serves every batch, all reduced."""
+    import io
+    import json
+    import webdataset as wds
+    from timm.data import create_dataset, create_loader
+    rng = np.random.default_rng(1)
+    with wds.TarWriter(str(tmp_path / 'toy-train-0000.tar')) as writer:
+        for i in range(9):
+            data = io.BytesIO()
+            photo(rng, 128, 96).save(data, 'JPEG', quality=90)
+            data = data.getvalue()[:400] if i == 3 else data.getvalue()  # the header, then nothing
+            writer.write({'__key__': f'{i:04d}', 'jpg': data, 'cls': b'0'})
+    (tmp_path / '_info.json').write_text(json.dumps({'name': 'toy', 'splits': {'train': {
+        'name': 'train', 'num_samples': 8, 'filenames': ['toy-train-0000.tar'], 'shard_lengths': [9]}}}))
+    dataset = create_dataset('wds/toy', root=str(tmp_path), split='train', is_training=True, batch_size=BATCH, seed=1)
+    loader, stream = planned_stream_loader(create_loader, dataset, (), dict(
+        input_size=(3, FULL, FULL), batch_size=BATCH, is_training=True, use_prefetcher=False, num_workers=0),
+        (3, REDUCED, REDUCED))
+    stream.attach_fast_decode(True)
+    stream.publish(torch.ones(len(loader)))
+    with caplog.at_level('WARNING'):
+        sizes = [tuple(x.shape) for x, _ in loader]
+    assert sizes == [(BATCH, 3, REDUCED, REDUCED)] * 2
+    assert 'Handling webdataset error' in caplog.text
