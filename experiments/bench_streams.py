@@ -6,10 +6,13 @@
 Writes shards (``webdataset.TarWriter``, with timm's ``_info.json``) from the JPEGs in ``--photos`` (e.g. the
 ImageNet samples of EliSchwartz/imagenet-sample-images; never inside the repository), or, without ``--photos``,
 from generated photo-like JPEGs (smooth colour fields with fine grain, 500x375, quality 90: the size of an ImageNet
-photo, not its content), then trains one epoch of ``--trd-prob 0.5`` on the loader path with ``--workers 0``, so
-that the data wait train.py sees per batch is the loading itself, and reads timm-trd's epoch line: data wait per
-batch at the full and at the reduced size. Runs ``--trd-fast-decode`` on and off (on shards the wds reader decodes
-each image before the transform, so fast decode cannot apply there: both should agree). Prints one row per run.
+photo, not its content), then trains one epoch of ``--trd-prob 0.5`` on the loader path with ``--workers 0`` and
+``--no-prefetcher``, so that the data wait train.py sees per batch is that batch's loading itself (timm's
+``PrefetchLoader`` loads batch i + 1 before it hands over batch i, so with it each batch's wait would be its
+successor's loading), and reads timm-trd's epoch line: data wait per
+batch at the full and at the reduced size. Runs ``--trd-fast-decode`` off and on (fast decode works in the shard
+reader: :mod:`timm_trd.data.shard_decode`), alternating (off, on, off, on, ... ``--rounds`` times) so that both see
+the same machine load; prints one row per run, then the mean of each arm.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -55,13 +59,13 @@ def write_shards(root, photos, count, per_shard, seed=0):
         json.dump(info, f)
 
 
-def run(args, fast: bool):
+def run(args, fast: bool, round_: int = 0):
     cmd = [sys.executable, '-m', 'timm_trd', '--train-script', args.train_script, '--dataset', 'wds/bench',
            '--data-dir', args.shards, '--val-split', '', '--model', 'resnet10t', '--num-classes', '4',
            '--img-size', str(args.size), '--trd-size', str(args.size // 2), '--trd-prob', '0.5', '--trd-mode', 'loader',
            '--trd-fast-decode' if fast else '--no-trd-fast-decode', '--epochs', '1', '-b', str(args.batch),
-           '--workers', '0', '--device', 'cpu', '--lr', '0.01', '--log-interval', '1000',
-           '--output', os.path.join(args.work, 'out'), '--experiment', f'fast{int(fast)}']
+           '--workers', '0', '--no-prefetcher', '--device', 'cpu', '--lr', '0.01', '--log-interval', '1000',
+           '--output', os.path.join(args.work, 'out'), '--experiment', f'fast{int(fast)}-round{round_}']
     env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads), 'PYTHONWARNINGS': 'ignore'}
     log = subprocess.run(cmd, capture_output=True, text=True, env=env).stderr
     found = re.search(r'data wait per batch ([\d.]+) ms full, ([\d.]+) ms reduced', log)
@@ -79,20 +83,33 @@ def main():
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--rounds', type=int, default=2, help='alternations of off and on (default 2: A B A B)')
     args = parser.parse_args()
     photos = sorted(glob.glob(os.path.join(args.photos, '**', '*.JPEG'), recursive=True)
                     + glob.glob(os.path.join(args.photos, '**', '*.jpg'), recursive=True)) if args.photos else []
     args.shards = os.path.join(args.work, 'shards')
+    shutil.rmtree(os.path.join(args.work, 'out'), ignore_errors=True)  # this benchmark's own runs, from before
     if not os.path.exists(os.path.join(args.shards, '_info.json')):
         write_shards(args.shards, photos, args.images, per_shard=args.images // 4)
     print(f'{args.images} {"photos" if photos else "generated photo-like 500x375 JPEGs"} in 4 shards, '
-          f'{args.size} -> {args.size // 2}, batch {args.batch}, --workers 0 (the data wait is the loading)')
+          f'{args.size} -> {args.size // 2}, batch {args.batch}, --workers 0, --no-prefetcher '
+          '(the data wait is the batch\'s loading)')
+    rows = {False: [], True: []}
+    for r in range(args.rounds):
+        for fast in (False, True):
+            full, reduced, cmd = run(args, fast, r)
+            rows[fast].append((full, reduced))
+            print(f'round {r + 1}, fast decode {"on " if fast else "off"}: data wait per batch {full:.1f} ms full, '
+                  f'{reduced:.1f} ms reduced, ratio {reduced / full:.3f}', flush=True)
     for fast in (False, True):
-        full, reduced, cmd = run(args, fast)
-        print(f'fast decode {"on " if fast else "off"}: data wait per batch {full:.1f} ms full, {reduced:.1f} ms '
-              f'reduced, ratio {reduced / full:.3f}')
-    print(f'command: {cmd}')
-
+        full = sum(f for f, _ in rows[fast]) / len(rows[fast])
+        reduced = sum(r for _, r in rows[fast]) / len(rows[fast])
+        print(f'mean, fast decode {"on " if fast else "off"}: {full:.1f} ms full, {reduced:.1f} ms reduced, '
+              f'ratio {reduced / full:.3f}')
+    off = sum(r for _, r in rows[False]) / len(rows[False])
+    on = sum(r for _, r in rows[True]) / len(rows[True])
+    print(f'reduced batch, fast decode on / off: {on / off:.3f}')
+    print(f'command (last run): {cmd}')
 
 if __name__ == '__main__':
     main()

@@ -133,6 +133,8 @@ def test_trd_on_shards(shards, tmp_path, ranks, mode):
         assert f'TRD: epoch {epoch}: {reduced}/{batches} batches at 16x16 ({path} path)' in log, log[-3000:]
     if ranks == 2:
         assert log.count('all 2 ranks served the same sizes in the same order') == 2
+    if path == 'loader':  # fast decode in the shard reader (tests/test_shard_decode.py)
+        assert 'TRD: reduced images: JPEGs decoded in the shard reader' in log, log[-3000:]
     assert 'BatchNorm statistics of the model recomputed at 32x32 on 2 training batches' in log
     if script == MINI_TRAIN:
         runs = [json.loads((tmp_path / f'rank{rank}.json').read_text()) for rank in range(ranks)]
@@ -170,6 +172,20 @@ def test_loader_path_workers_follow_the_plan_in_process(shards, workers):
         sizes = [tuple(x.shape[-2:]) for x, _ in trd]  # TRDLoader stops on a batch off the plan
         assert sizes == [(16, 16) if r else (32, 32) for r in schedule.plan(epoch, batches)]
         assert sizes.count((16, 16)) == round(0.5 * batches)
+
+
+def test_a_copy_of_the_planned_stream_reads_at_full_size(shards):
+    """BatchNorm recalibration loads a shallow copy of the training dataset at the full size: the copy must not
+    follow the plan (it did: recalibration on the loader path then mixed reduced images in)."""
+    import copy
+    from timm.data import create_dataset, create_loader
+    dataset = create_dataset('wds/toy', root=str(shards), split='train', is_training=True, batch_size=4, seed=1)
+    kw = dict(input_size=(3, 32, 32), batch_size=4, is_training=True, use_prefetcher=False, num_workers=0)
+    loader, stream = planned_stream_loader(create_loader, dataset, (), kw, (3, 16, 16))
+    stream.publish(torch.ones(len(loader)))
+    assert {tuple(x.shape[-2:]) for x, _ in loader} == {(16, 16)}
+    clone = copy.copy(stream)
+    assert {tuple(x.shape[-2:]) for x, _ in create_loader(clone, **kw)} == {(32, 32)}
 
 
 def test_reduced_copy_is_refused_on_shards(shards, tmp_path):

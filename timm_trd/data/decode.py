@@ -201,11 +201,10 @@ class ReducedLoading:
         width, height = (int(v) for v in self.sizes[index])
         return (width, height) if width > 0 else None
 
-    def load(self, fp, copy_path: Optional[str] = None, marks: Optional[list] = None, size=None):
-        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``;
-        with the original's ``size`` (width, height) from the copy's index, ``fp`` is not needed (None).
-
-        ``marks`` (for the benchmark) gets ``time.perf_counter()`` after the decode and after the crop."""
+    def decode(self, fp, copy_path: Optional[str] = None, size=None):
+        """The first half of :meth:`load`: ``(picture, crop, (sx, sy))``, the picture decoded (at the crop's scale
+        with ``fast_decode``), the crop drawn with timm's random draws in the original's pixels, and how much
+        smaller the picture is than the original (x, y). :meth:`finish` does the rest."""
         if size is not None and copy_path is not None:
             img = Image.Image()  # the original's size without opening it: all the crop's draw reads
             img._size = tuple(size)
@@ -224,13 +223,25 @@ class ReducedLoading:
             k = crop_scale((h / sy, w / sx), self.crop.out_hw) if from_copy else self.scale_for((h, w))
             k = draft(img, k)
             sx, sy = sx * k, sy * k
-        img = img.convert(self.img_mode)  # decodes, at the drafted scale
-        if marks is not None:
-            marks.append(time.perf_counter())
-        img = self.crop.apply(img, params, (sx, sy))
+        return img.convert(self.img_mode), params, (sx, sy)  # convert decodes, at the drafted scale
+
+    def finish(self, img: Image.Image, params, scale, marks: Optional[list] = None):
+        """The second half of :meth:`load`: the crop cut from the picture :meth:`decode` gave, then the rest of
+        timm's transform (the crop's interpolation is drawn here, after the crop, as timm does)."""
+        img = self.crop.apply(img, params, scale)
         if marks is not None:
             marks.append(time.perf_counter())
         return self.rest(img)
+
+    def load(self, fp, copy_path: Optional[str] = None, marks: Optional[list] = None, size=None):
+        """The transformed reduced image from an open file (what timm's reader gives), or from ``copy_path``;
+        with the original's ``size`` (width, height) from the copy's index, ``fp`` is not needed (None).
+
+        ``marks`` (for the benchmark) gets ``time.perf_counter()`` after the decode and after the crop."""
+        img, params, scale = self.decode(fp, copy_path, size)
+        if marks is not None:
+            marks.append(time.perf_counter())
+        return self.finish(img, params, scale, marks)
 
 
 if ScheduledTransformDataset is not None:
@@ -331,15 +342,16 @@ def attach(loader, fast_decode: bool = True, reduced_copy: Optional[str] = None,
 
 def attach_reduced_loading(loader, path: str, config, streamed: bool = False) -> Optional[str]:
     """The plugin's one call after timm's ``create_loader``: on the loader path, :func:`attach` with the run's
-    ``--trd-fast-decode`` / ``--trd-reduced-copy``; returns the line for the log (the plugin logs it once). On the
-    device path, and on a streamed dataset (no folder to copy), a reduced copy is refused."""
+    ``--trd-fast-decode`` / ``--trd-reduced-copy``; returns the line for the log (the plugin logs it once). On a
+    streamed dataset's loader path, fast decode is :mod:`~timm_trd.data.shard_decode`'s. On the device path, and on a
+    streamed dataset (no folder to copy), a reduced copy is refused."""
     if streamed:
         if config.reduced_copy:
             raise TRDConfigError('--trd-reduced-copy holds a copy of a training folder and this run streams its data '
                                  '(an iterable dataset such as wds/ or hfids/); drop --trd-reduced-copy')
-        if path == 'loader':
-            return ('TRD: reduced images are decoded at full size (the streamed reader decodes each image before '
-                    'its transform)' if config.fast_decode else None)
+        dataset = _scheduled_dataset(loader)
+        if path == 'loader' and hasattr(dataset, 'attach_fast_decode'):  # a streams.PlannedStream
+            return dataset.attach_fast_decode(config.fast_decode)
         return None
     if path != 'loader':
         if config.reduced_copy:

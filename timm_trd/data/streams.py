@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..errors import TRDConfigError
+from .shard_decode import shard_decoding
 
 try:
     from timm.data.dataset import IterableImageDataset
@@ -104,6 +105,7 @@ if IterableImageDataset is not None:
         trd_reduced_transform = None
         trd_batch_size = 1
         trd_plan: Optional[torch.Tensor] = None
+        trd_decoding = None  # fast decode of the reduced samples (shard_decode.ShardDecoding), or None
 
         @classmethod
         def adopt(cls, dataset: 'IterableImageDataset', reduced_transform, batch_size: int,
@@ -122,18 +124,49 @@ if IterableImageDataset is not None:
                                      f'{plan.numel()}; use --trd-mode device')
             self.trd_plan.copy_(plan)
 
+        def __copy__(self) -> 'IterableImageDataset':
+            """A shallow copy is timm's dataset again, every sample at the transform timm's loader gives it: what
+            BatchNorm recalibration copies the training dataset for (full-size images), never the plan."""
+            clone = IterableImageDataset.__new__(IterableImageDataset)
+            clone.__dict__.update(self.__dict__)
+            return clone
+
+        def attach_fast_decode(self, fast_decode: bool) -> str:
+            """Fast decode of the reduced samples in the shard reader (:mod:`~timm_trd.data.shard_decode`) when
+            ``fast_decode`` and the reader allows; returns the line for the log."""
+            self.trd_decoding, line = shard_decoding(self, fast_decode)
+            return line
+
         def __iter__(self):
             worker, workers = _worker()
             plan, batch = self.trd_plan, self.trd_batch_size
-            for served, (img, target) in enumerate(self.reader):
-                index = worker + (served // batch) * workers
-                reduced = index < plan.numel() and bool(plan[index])
-                transform = self.trd_reduced_transform if reduced else self.transform
-                if transform is not None:
-                    img = transform(img)
-                if self.target_transform is not None:
-                    target = self.target_transform(target)
-                yield img, target
+            decoding = self.trd_decoding
+            decode = decoding.install(self.reader) if decoding is not None else None  # fast decode (shard_decode)
+            samples = iter(self.reader)
+            served = 0
+            try:
+                while True:
+                    index = worker + (served // batch) * workers
+                    reduced = index < plan.numel() and bool(plan[index])
+                    if decode is not None:
+                        decode.reduced = reduced  # read by the decode of the sample pulled next, and only by it
+                    try:
+                        img, target = next(samples)
+                    except StopIteration:
+                        return
+                    served += 1
+                    if decoding is not None and isinstance(img, decoding.picture_type):
+                        img = decoding.finish(img)  # decoded at a reduced scale, its crop drawn: the rest
+                    else:
+                        transform = self.trd_reduced_transform if reduced else self.transform
+                        if transform is not None:
+                            img = transform(img)
+                    if self.target_transform is not None:
+                        target = self.target_transform(target)
+                    yield img, target
+            finally:
+                if decode is not None:
+                    decode.reduced = False
 else:  # pragma: no cover
     PlannedStream = None
 
