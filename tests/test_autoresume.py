@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MINI_TRAIN, train_script_or_skip
-from timm_trd.plugin.autoresume import WANDB_ID_FILE, find_latest, read_checkpoint, wandb_run_id
+from timm_trd.plugin.autoresume import WANDB_ID_FILE, find_latest, wandb_run_id
+from timm_trd.plugin.resume import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_NODE = REPO / 'scripts' / 'train_node.sh'
@@ -271,3 +272,36 @@ def test_train_py_under_torchrun_restarts_when_a_rank_is_killed(image_folder, tm
     resumed = [line for line in text.splitlines() if 'TRD: auto-resume: continuing from' in line]
     assert len(resumed) == 1, text[-4000:]
     assert_continued_as_one_run(folder, tmp_path / 'whole', higher_is_better=True, metric='eval_top1')
+
+
+def test_on_a_timm_without_trim_summary_or_saver_state_the_fallbacks_do_the_same(tmp_path, monkeypatch):
+    """timm < 1.0.31 has neither ``utils.trim_summary`` nor ``CheckpointSaver.load_state_dict_from_checkpoint``:
+    taken away here, the plugin's own summary trim and history restore give what timm's give."""
+    import timm.utils
+    import torch
+    from timm.utils import CheckpointSaver
+    from timm_trd.plugin.autoresume import Continuation
+
+    rows = 'epoch,train_loss\r\n0,1.5\r\n1,1.2\r\n2,1.4\r\n'
+    for name in ('timm', 'own'):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'summary.csv').write_text(rows)
+    Continuation.trim_summary(str(tmp_path / 'timm' / 'summary.csv'), 2)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = CheckpointSaver(model, optimizer, checkpoint_dir=str(tmp_path), max_history=2)
+    for epoch, metric in enumerate((0.5, 0.9, 0.7)):
+        saver.save_checkpoint(epoch, metric=metric)
+    timm_saver = CheckpointSaver(model, optimizer, checkpoint_dir=str(tmp_path), max_history=2)
+    Continuation(tmp_path, tmp_path / 'last.pth.tar').restore_saver(timm_saver)
+
+    monkeypatch.delattr(timm.utils, 'trim_summary')
+    monkeypatch.delattr(CheckpointSaver, 'load_state_dict_from_checkpoint')
+    Continuation.trim_summary(str(tmp_path / 'own' / 'summary.csv'), 2)
+    assert (tmp_path / 'own' / 'summary.csv').read_text().splitlines() == \
+        (tmp_path / 'timm' / 'summary.csv').read_text().splitlines() == ['epoch,train_loss', '0,1.5', '1,1.2']
+    own_saver = CheckpointSaver(model, optimizer, checkpoint_dir=str(tmp_path), max_history=2)
+    Continuation(tmp_path, tmp_path / 'last.pth.tar').restore_saver(own_saver)
+    assert own_saver.checkpoint_files == timm_saver.checkpoint_files == [
+        (str(tmp_path / 'checkpoint-1.pth.tar'), 0.9), (str(tmp_path / 'checkpoint-2.pth.tar'), 0.7)]
+    assert (own_saver.best_metric, own_saver.best_epoch) == (timm_saver.best_metric, timm_saver.best_epoch) == (0.9, 1)

@@ -25,7 +25,6 @@ What a restart loses: the epoch in flight when the job stopped (it trains again 
 
 import argparse
 import csv
-import io
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..errors import TRDConfigError
+from .resume import read_checkpoint
 
 _logger = logging.getLogger('timm_trd')
 
@@ -70,22 +70,6 @@ class Found:
         return f'{self.path} ({where})'
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint's entries other than tensors (memory-mapped, not loaded); raises on a file cut off mid-write."""
-    try:
-        from timm.utils import load_checkpoint_metadata
-    except ImportError:  # timm < 1.0.29
-        load_checkpoint_metadata = None
-    if load_checkpoint_metadata is not None:
-        checkpoint = load_checkpoint_metadata(str(path))
-    else:
-        import torch
-        checkpoint = torch.load(str(path), map_location='cpu', weights_only=False, mmap=True)
-    if not isinstance(checkpoint, dict) or 'epoch' not in checkpoint:
-        raise ValueError('not a training checkpoint (no epoch)')
-    return checkpoint
-
-
 def checkpoint_files(folder: Path) -> List[Path]:
     """The checkpoints train.py's saver writes in ``folder`` (not its ``tmp`` files, which are never complete)."""
     if not folder.is_dir():
@@ -104,9 +88,8 @@ def find_latest(folder: Path) -> Tuple[Optional[Found], List[str]]:
         except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, ...: not a checkpoint to resume from
             skipped.append(f'{path.name} ({type(e).__name__}: {" ".join(str(e).split())[:120]})')
             continue
-        recovery = _CHECKPOINT.match(path.name).group(3)
-        batch = int(_CHECKPOINT.match(path.name).group(4)) if recovery is not None else None
-        found.append(Found(path, int(checkpoint['epoch']), batch))
+        recovery_batch = _CHECKPOINT.match(path.name).group(4)
+        found.append(Found(path, int(checkpoint['epoch']), int(recovery_batch) if recovery_batch else None))
     if not found:
         return None, skipped
     # the furthest; at equal progress last.pth.tar, the name a user expects
@@ -199,25 +182,28 @@ class Continuation:
         elif ranked:
             saver.best_metric, saver.best_epoch = ranked[0][1], ranked[0][2]
 
-    def summary_rows(self, filename: str, epoch: int) -> bool:
-        """Before the first summary row of the resumed run (``epoch``): drop the rows of ``epoch`` and later (an
-        epoch in flight at the stop may have its row but no checkpoint); returns whether a header is needed."""
+    @staticmethod
+    def trim_summary(filename: str, epoch: int) -> None:
+        """Before the first summary row of the resumed run (``epoch``): drop the rows of ``epoch`` and later (an epoch
+        in flight at the stop may have its row but no checkpoint): timm's ``trim_summary``, or the same on a timm
+        without it (< 1.0.31)."""
+        import timm.utils
+        trim = getattr(timm.utils, 'trim_summary', None)
+        if trim is not None:
+            return trim(filename, epoch)
         path = Path(filename)
-        if not path.exists() or path.stat().st_size == 0:
-            return True
+        if not path.exists():
+            return
         with open(path, newline='') as f:
             rows = list(csv.reader(f))
-        header, body = rows[0], rows[1:]
-        kept = [row for row in body if row and _epoch(row) is not None and _epoch(row) < epoch]
-        if len(kept) != len(body):
-            text = io.StringIO()
-            csv.writer(text, lineterminator='\r\n').writerows([header] + kept)
+        if not rows:
+            return
+        kept = [row for row in rows[1:] if row and row[0] != 'epoch' and int(float(row[0])) < epoch]
+        if len(kept) != len(rows) - 1:
             tmp = path.with_name(path.name + '.tmp')
-            tmp.write_text(text.getvalue())
+            with open(tmp, 'w', newline='') as f:
+                csv.writer(f).writerows(([rows[0]] + kept) if kept else [])
             os.replace(tmp, path)
-            _logger.info(f'TRD: auto-resume: summary.csv keeps epochs 0-{epoch - 1}; dropped {len(body) - len(kept)} '
-                         f'row(s) of epoch {epoch} or later, written before the stop but not in the checkpoint')
-        return False
 
     def update_summary(self, update_summary, epoch, *a, **kw):
         """timm's ``update_summary`` for a continued run: the first call drops rows of ``epoch`` and later, and a
@@ -226,17 +212,9 @@ class Continuation:
         if filename is not None:
             if not self.summary_checked:
                 self.summary_checked = True
-                kw['write_header'] = self.summary_rows(filename, epoch)
-            else:
-                kw['write_header'] = not os.path.exists(filename) or os.path.getsize(filename) == 0
+                self.trim_summary(filename, epoch)
+            kw['write_header'] = not os.path.exists(filename) or os.path.getsize(filename) == 0
         return update_summary(epoch, *a, **kw)
-
-
-def _epoch(row) -> Optional[int]:
-    try:
-        return int(float(row[0]))
-    except (ValueError, IndexError):
-        return None
 
 
 def wandb_run_id(folder: Path, kwargs: dict) -> dict:

@@ -70,7 +70,7 @@ from .rank_settings import check_ranks_agree
 from .recipe_keys import check_recipe
 from .report import epoch_line, ranks_agree, start_line, time_columns
 from .resume import PARTIAL, ResumeState, record_served, resume_state
-from .safe_saver import make_saver_safe
+from .safe_saver import make_saver_safe, safe_saver_class
 from .static_shapes import keep_static_shapes
 from .train_inputs import check_train_inputs
 from .wandb_guard import GuardedWandb, guard_wandb
@@ -156,7 +156,7 @@ class TRDPlugin:
         make_saver_safe(m)
         guard_wandb(m)
         separate_attempts()
-        if hasattr(m, 'utils'):
+        if hasattr(getattr(m, 'utils', None), 'CheckpointSaver'):  # train.py's timm.utils
             m.utils = _PluginUtils(m.utils, self)
         return self
 
@@ -481,19 +481,21 @@ class TRDPlugin:
 
 
 class _PluginUtils:
-    """Stands in for train.py's ``utils`` (timm.utils): every name passes through, except the two that keep a
-    restarted run's records: the ``CheckpointSaver`` train.py builds is handed to :meth:`TRDPlugin.saver_built`, and
-    ``update_summary`` goes through :meth:`TRDPlugin.update_summary`."""
+    """Stands in for train.py's ``utils`` (timm.utils): every name passes through, except the two that keep a run's
+    checkpoints and records: the ``CheckpointSaver`` train.py builds is the safe one
+    (:mod:`~timm_trd.plugin.safe_saver`) and is handed to :meth:`TRDPlugin.saver_built`, and ``update_summary`` goes
+    through :meth:`TRDPlugin.update_summary`."""
 
     def __init__(self, utils, plugin: TRDPlugin):
         self._utils = utils
         self._plugin = plugin
+        self._saver_class = safe_saver_class(utils.CheckpointSaver)
 
     def __getattr__(self, name):
         return getattr(self._utils, name)
 
     def CheckpointSaver(self, *a, **kw):  # noqa: N802 - timm's name
-        saver = self._utils.CheckpointSaver(*a, **kw)
+        saver = self._saver_class(*a, **kw)
         self._plugin.saver_built(saver)
         return saver
 

@@ -125,11 +125,21 @@ def _start_epoch(checkpoint: dict, args: argparse.Namespace) -> int:
     return epoch + 1 if checkpoint.get('version', 1) > 1 else epoch
 
 
-def _read(path: str) -> dict:
-    from timm.utils import load_checkpoint_metadata
-    checkpoint = load_checkpoint_metadata(path)
-    if not isinstance(checkpoint, dict):
-        raise ValueError('not a training checkpoint')
+def read_checkpoint(path) -> dict:
+    """A training checkpoint's entries other than tensors (memory-mapped, not loaded), as timm's
+    ``load_checkpoint_metadata`` reads them (``torch.load`` on a timm without it); raises on a file cut off mid-write
+    or one that is not a training checkpoint."""
+    try:
+        from timm.utils import load_checkpoint_metadata
+    except ImportError:  # timm < 1.0.31
+        load_checkpoint_metadata = None
+    if load_checkpoint_metadata is not None:
+        checkpoint = load_checkpoint_metadata(str(path))
+    else:
+        import torch
+        checkpoint = torch.load(str(path), map_location='cpu', weights_only=False, mmap=True)
+    if not isinstance(checkpoint, dict) or 'epoch' not in checkpoint:
+        raise ValueError('not a training checkpoint (no epoch)')
     return checkpoint
 
 
@@ -142,7 +152,7 @@ def resume_state(args: argparse.Namespace, epochs: int, primary: bool) -> Option
         return None
     new = _plan(args, epochs)
     try:
-        checkpoint = _read(path)
+        checkpoint = read_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - train.py's own resume reports an unreadable file; we only say what follows
         if new.prob and primary:
             _logger.warning(f'TRD: cannot read the TRD settings of --resume {path} ({type(e).__name__}: {e}); '

@@ -9,11 +9,11 @@ and how to go on. ``last.pth.tar`` is never replaced by a half-written file (tim
 a complete write, and a failed write goes no further).
 
 train.py reaches the saver as ``utils.CheckpointSaver`` (``from timm import utils``), the stand-in as a
-module-level ``CheckpointSaver``; :func:`make_saver_safe` replaces whichever the module has.
+module-level ``CheckpointSaver``: the plugin's stand-in for ``utils`` builds the safe saver for the first,
+:func:`make_saver_safe` replaces the second.
 """
 
 import os
-import types
 
 from ..errors import TRDConfigError
 
@@ -42,22 +42,8 @@ def safe_saver_class(base):
     return SafeCheckpointSaver
 
 
-class _UtilsWithSafeSaver(types.ModuleType):
-    """timm.utils as train.py sees it, with the safe saver in place of ``CheckpointSaver``."""
-
-    def __init__(self, base):
-        super().__init__(base.__name__)
-        self._base = base
-        self.CheckpointSaver = safe_saver_class(base.CheckpointSaver)
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
-
-
 def make_saver_safe(train_module) -> None:
+    """A script that names ``CheckpointSaver`` at module level gets the safe one there; train.py's
+    ``utils.CheckpointSaver`` is made safe by the plugin's stand-in for ``utils`` (:mod:`timm_trd.plugin.hooks`)."""
     if isinstance(getattr(train_module, 'CheckpointSaver', None), type):
         train_module.CheckpointSaver = safe_saver_class(train_module.CheckpointSaver)
-    utils = getattr(train_module, 'utils', None)
-    if isinstance(utils, types.ModuleType) and isinstance(getattr(utils, 'CheckpointSaver', None), type) \
-            and not isinstance(utils, _UtilsWithSafeSaver):
-        train_module.utils = _UtilsWithSafeSaver(utils)
